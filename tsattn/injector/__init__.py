@@ -1,0 +1,1 @@
+"""The libcst injection engine and its per-target recipes (``tsattn-inject``)."""

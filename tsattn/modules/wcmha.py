@@ -1,0 +1,433 @@
+"""Powerformer's Weighted Causal Multihead Attention (WCMHA) with MHA / MQA / GQA heads and a KV cache.
+
+Self-contained template: it imports torch and the standard library only, because tsattn copies it verbatim
+into target repositories.
+
+    scores[b, h, i, j] = q_i . k_j / sqrt(head_dim) + bias_h(dt),   dt = pos(query i) - pos(key j)
+    bias_h(dt) = -inf where dt < 0 (causal), -inf where dt > window, else decay_h(dt)
+
+Decays, as in the Powerformer authors' ``Causal_local_masks.py`` (``alpha`` is their ``attn_decay_scale``):
+
+    powerlaw     -alpha * log(dt + 1)                       (the default; alpha >= 0)
+    simpowerlaw  -(dt ** alpha), added to the similarity scores (the paper's SPL; alpha >= 0)
+    butterworth  5 * log|H(w)| of a digital Butterworth low-pass (order 1 or 2, cutoff 0.8 Nyquist), sampled at
+                 w = 2 dt / alpha on scipy.signal.freqz's 512-point grid and linearly interpolated; dt beyond the
+                 grid (about alpha * pi / 2) is masked. alpha is a time scale > 0.
+    step         0 for dt <= alpha, masked beyond (alpha is a width >= 1)
+    none         0: plain causal attention
+
+``cutoff`` (and ``max_context``) mask dt > window, so a query sees at most ``window + 1`` keys. Evaluation is
+blockwise for long inputs: for each block of queries the bias is a Toeplitz matrix, taken as an ``as_strided``
+view of one short vector of decays over keys in reversed order, and handed to the fused
+``F.scaled_dot_product_attention``. No L x L bias is ever materialised, and with a window only the keys inside
+it are visited, so the cost is O(L * window).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+DECAY_TYPES = ("powerlaw", "simpowerlaw", "butterworth", "step", "none")
+_DECAY_ALIASES = {"butter1": ("butterworth", 1), "butter2": ("butterworth", 2), "causal": ("none", None)}
+_FREQZ_POINTS = 512  # scipy.signal.freqz's default worN, which the authors' Butterworth mask samples
+_BUTTER_CUTOFF = 0.8  # the authors' Butterworth cutoff, as a fraction of Nyquist
+
+KVCache = Tuple[Tensor, Tensor]  # (key, value), each (batch, n_kv_heads, length, head_dim)
+
+
+def is_exporting() -> bool:
+    """True under torch.jit tracing/scripting, torch.export / dynamo and the ONNX exporters.
+
+    Exported graphs use the dense path, whose shapes are symbolic; the blocked path is a Python loop over the
+    sequence length and would be unrolled for one length.
+    """
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
+        return True
+    compiler = getattr(torch, "compiler", None)
+    for name in ("is_exporting", "is_compiling"):
+        check = getattr(compiler, name, None)
+        if check is not None and check():
+            return True
+    return bool(torch.onnx.is_in_onnx_export())
+
+
+def _butterworth_log_gain(w: Tensor, order: int) -> Tensor:
+    """5 * log|H(e^{jw})| of scipy's ``butter(order, 0.8)`` (bilinear transform, so |H|^2 has a closed form)."""
+    ratio = torch.tan(w / 2) / math.tan(math.pi * _BUTTER_CUTOFF / 2)
+    return -2.5 * torch.log1p(ratio.pow(2 * order))
+
+
+def decay_values(dt: Tensor, decay: str, alpha: Tensor, butterworth_order: int = 1) -> Tensor:
+    """The decay term for non-negative distances ``dt`` (no causal or window masking).
+
+    ``dt``: float tensor of integer values >= 0, any shape S. ``alpha``: scalar or (H, 1, ..., 1) broadcastable
+    against ``dt``. Returns the broadcast of both shapes; ``-inf`` where the decay itself masks (``step``,
+    ``butterworth`` beyond its grid).
+    """
+    if decay == "powerlaw":
+        return -alpha * torch.log1p(dt)
+    if decay == "simpowerlaw":
+        return -torch.pow(dt, alpha)
+    if decay == "step":
+        zero = torch.zeros((), dtype=dt.dtype, device=dt.device)
+        return torch.where(dt <= torch.floor(alpha), zero, torch.full_like(zero, float("-inf")))
+    if decay == "butterworth":
+        step = math.pi / _FREQZ_POINTS  # freqz grid: w_k = k * pi / 512, k = 0 .. 511
+        pos = (2.0 * dt / alpha) / step  # grid coordinate of w = 2 dt / alpha
+        k0 = torch.floor(pos).clamp(max=_FREQZ_POINTS - 1)
+        k1 = (k0 + 1).clamp(max=_FREQZ_POINTS - 1)
+        frac = pos - k0
+        g0 = _butterworth_log_gain(k0 * step, butterworth_order)
+        g1 = _butterworth_log_gain(k1 * step, butterworth_order)
+        value = g0 + (g1 - g0) * frac
+        return torch.where(pos <= _FREQZ_POINTS - 1, value, torch.full_like(value, float("-inf")))
+    # "none"
+    return torch.zeros_like(dt) + torch.zeros_like(alpha)
+
+
+class DecayBias(nn.Module):
+    """The WCMHA bias as a function of query-key distance.
+
+    Args:
+        decay: one of ``DECAY_TYPES`` (aliases ``butter1``/``butter2`` and ``causal`` are accepted).
+        alpha: the decay scale (see the module docstring); ``alpha=0`` with ``powerlaw`` is plain causal.
+        n_heads: number of attention heads (used by ``per_head_alpha``).
+        learnable_alpha: make alpha an ``nn.Parameter`` (``powerlaw`` and ``simpowerlaw`` only).
+        per_head_alpha: one alpha per head, shape (n_heads,), instead of a scalar.
+        butterworth_order: 1 or 2.
+        cutoff: mask distances greater than this (None: no cutoff).
+        causal: mask dt < 0. With ``causal=False`` the decay is applied to |dt| (a symmetric, non-causal bias).
+
+    ``forward(dt)`` takes integer-valued float distances of shape (Lq, Lk) and returns the bias of shape
+    (H, Lq, Lk), H = n_heads if per_head_alpha else 1; masked entries are ``-inf``.
+
+    Raises ``ValueError`` naming the argument for an unknown decay, a negative or out-of-range alpha, a
+    learnable alpha on a decay that has none to learn, or a bad order/cutoff.
+    """
+
+    def __init__(
+        self,
+        decay: str = "powerlaw",
+        alpha: float = 1.0,
+        n_heads: int = 1,
+        learnable_alpha: bool = False,
+        per_head_alpha: bool = False,
+        butterworth_order: int = 1,
+        cutoff: Optional[int] = None,
+        causal: bool = True,
+    ) -> None:
+        super().__init__()
+        if not isinstance(decay, str):
+            raise ValueError(f"decay must be a string, one of {DECAY_TYPES}; got {decay!r}")
+        name = decay.lower()
+        if name in _DECAY_ALIASES:
+            name, order = _DECAY_ALIASES[name]
+            butterworth_order = order if order is not None else butterworth_order
+        if name not in DECAY_TYPES:
+            raise ValueError(f"decay must be one of {DECAY_TYPES} (or butter1, butter2, causal); got {decay!r}")
+        if butterworth_order not in (1, 2):
+            raise ValueError(f"butterworth_order must be 1 or 2; got {butterworth_order!r}")
+        alpha = float(alpha)
+        if not math.isfinite(alpha):
+            raise ValueError(f"alpha must be finite; got {alpha!r}")
+        if name in ("powerlaw", "simpowerlaw") and alpha < 0:
+            raise ValueError(f"alpha must be >= 0 for decay={name!r} (the decay is -alpha*...); got {alpha}")
+        if name == "step" and alpha < 1:
+            raise ValueError(f"alpha is the step width and must be >= 1 for decay='step'; got {alpha}")
+        if name == "butterworth" and alpha <= 0:
+            raise ValueError(f"alpha is the time scale and must be > 0 for decay='butterworth'; got {alpha}")
+        if learnable_alpha and name not in ("powerlaw", "simpowerlaw"):
+            raise ValueError(f"learnable_alpha is only supported for powerlaw and simpowerlaw, not decay={name!r}")
+        if cutoff is not None and (isinstance(cutoff, bool) or int(cutoff) != cutoff or cutoff < 0):
+            raise ValueError(f"cutoff must be a non-negative integer or None; got {cutoff!r}")
+        if n_heads < 1:
+            raise ValueError(f"n_heads must be >= 1; got {n_heads!r}")
+
+        self.decay = name
+        self.butterworth_order = int(butterworth_order)
+        self.cutoff = None if cutoff is None else int(cutoff)
+        self.causal = bool(causal)
+        self.learnable_alpha = bool(learnable_alpha)
+        self.per_head_alpha = bool(per_head_alpha)
+        self.n_heads = int(n_heads)
+        init = torch.full((n_heads,) if per_head_alpha else (), alpha, dtype=torch.float32)
+        if learnable_alpha:
+            self.alpha = nn.Parameter(init)
+        else:
+            self.register_buffer("alpha", init)
+
+        self._refresh_static()
+
+    def _refresh_static(self) -> None:
+        # Python-side facts about alpha, computed once (and again after load_state_dict) so that forward never
+        # branches on tensor data, which tracing and torch.export cannot follow.
+        alpha_max = float(self.alpha.detach().max())
+        bounds = [] if self.cutoff is None else [self.cutoff]
+        if self.decay == "step":
+            bounds.append(int(math.floor(alpha_max)))
+        elif self.decay == "butterworth":
+            # freqz's last grid point, w = pi * 511 / 512, sits at dt = alpha * w / 2.
+            bounds.append(int(alpha_max * math.pi * (_FREQZ_POINTS - 1) / (2 * _FREQZ_POINTS)))
+        self._window: Optional[int] = min(bounds) if bounds else None
+        zero_powerlaw = self.decay == "powerlaw" and bool((self.alpha.detach() == 0).all())
+        self._trivial = self.cutoff is None and not self.learnable_alpha and (self.decay == "none" or zero_powerlaw)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._refresh_static()
+
+    @property
+    def window(self) -> Optional[int]:
+        """Largest distance that can get a finite bias (None: unbounded)."""
+        return self._window
+
+    @property
+    def is_trivial(self) -> bool:
+        """True when the bias is exactly the causal mask (decay none, or powerlaw with a fixed alpha of 0)."""
+        return self._trivial
+
+    def forward(self, dt: Tensor) -> Tensor:
+        dist = dt if self.causal else dt.abs()
+        alpha = self.alpha.to(dt.dtype)
+        if self.per_head_alpha:
+            alpha = alpha.view(-1, *([1] * dt.dim()))
+        bias = decay_values(dist.clamp(min=0), self.decay, alpha, self.butterworth_order)
+        if not self.per_head_alpha:
+            bias = bias.unsqueeze(0)
+        masked = dist < 0
+        if self.cutoff is not None:
+            masked = masked | (dist > self.cutoff)
+        return bias.masked_fill(masked, float("-inf"))
+
+    def extra_repr(self) -> str:
+        alpha = self.alpha.tolist()
+        return (
+            f"decay={self.decay!r}, alpha={alpha}, learnable_alpha={self.learnable_alpha}, cutoff={self.cutoff}, "
+            f"causal={self.causal}" + (f", butterworth_order={self.butterworth_order}" if self.decay == "butterworth" else "")
+        )
+
+
+def _expand_kv(x: Tensor, groups: int) -> Tensor:
+    # (B, Hkv, L, D) -> (B, Hkv * groups, L, D): each kv head shared by `groups` consecutive query heads
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def decayed_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    bias: DecayBias,
+    window: Optional[int] = None,
+    block_size: int = 1024,
+    dropout_p: float = 0.0,
+    kv_groups: Optional[int] = None,
+) -> Tensor:
+    """Attention with the WCMHA bias; queries are the last Lq of the Lk positions (a KV cache precedes them).
+
+    q: (B, H, Lq, D); k, v: (B, Hkv, Lk, D) with H == Hkv * kv_groups and Lk >= Lq. Returns (B, H, Lq, D).
+    ``kv_groups`` (query heads per kv head) is read from the shapes when None; modules pass it as a Python int
+    so that tracing records no shape comparison.
+    ``window`` further limits the distances a query sees (dt > window masked), on top of ``bias.window``.
+    Eager evaluation is blockwise: ``block_size`` queries at a time, the bias an ``as_strided`` Toeplitz view
+    (never an Lq x Lk tensor); with a window, blocks of about the window's size visit only the keys inside it, so
+    that the cost is O(L * window). Exported graphs (tracing, torch.export, ONNX) use one dense bias of shape
+    (1, H|1, Lq, Lk) instead, whose shapes stay symbolic. A trivial bias (causal only) goes straight to SDPA's
+    ``is_causal`` kernel.
+    """
+    lq, lk = q.shape[2], k.shape[2]
+    groups = q.shape[1] // k.shape[1] if kv_groups is None else kv_groups
+    limits = [w for w in (window, bias.window) if w is not None]
+    win = min(limits) if limits else None
+    exporting = is_exporting()
+    if exporting:  # exporters see plain attention: repeat the kv heads explicitly
+        k, v = _expand_kv(k, groups), _expand_kv(v, groups)
+    gqa = groups != 1 and not exporting
+    if bias.is_trivial and win is None and bias.causal and lq == lk:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
+    if not exporting:
+        return _blocked_attention(q, k, v, bias, win, block_size, dropout_p, gqa)
+    mask = dense_bias(bias, lq, lk, win, q.dtype, q.device)  # (1, H|1, Lq, Lk)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
+
+
+def _bias_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Distances and decays in at least float32: half precision cannot even hold every integer distance > 2048.
+    return torch.promote_types(dtype, torch.float32)
+
+
+def dense_bias(bias: DecayBias, lq: int, lk: int, window: Optional[int], dtype: torch.dtype,
+               device: torch.device) -> Tensor:
+    """The full bias of ``lq`` queries that are the last of ``lk`` positions: (1, H|1, Lq, Lk), ``-inf`` masked.
+
+    4-D because SDPA's fused CPU kernel handles 3-D masks through a much slower path.
+    """
+    q_pos = torch.arange(lq, device=device) + (lk - lq)
+    dt = (q_pos[:, None] - torch.arange(lk, device=device)[None, :]).to(_bias_dtype(dtype))  # (Lq, Lk)
+    mask = bias(dt)
+    if window is not None:
+        mask = mask.masked_fill(dt.abs() > window, float("-inf"))
+    return mask.to(dtype).unsqueeze(0)
+
+
+def _blocked_attention(
+    q: Tensor, k: Tensor, v: Tensor, bias: DecayBias, win: Optional[int], block: int, dropout_p: float, gqa: bool
+) -> Tensor:
+    # For queries [s, e) (absolute positions p0 + s ..) and keys [ks, ke) taken in reversed order, the distance of
+    # query r to reversed key c is dt = r + c + off with off = p0 + s - ke + 1: a Toeplitz matrix, i.e. an
+    # as_strided view with strides (1, 1) of the 1-D vector decay(off .. off + nq + nk - 2).
+    lq, lk = q.shape[2], k.shape[2]
+    p0 = lk - lq
+    if win is not None:  # keys per block are block + window: keep the block near the window's size
+        block = min(block, max(win, 64))
+    k_rev, v_rev = k.flip(2), v.flip(2)
+    out = torch.empty_like(q)
+    for s in range(0, lq, block):
+        e = min(s + block, lq)
+        nq = e - s
+        if bias.causal:
+            ke = p0 + e
+            ks = 0 if win is None else max(0, p0 + s - win)
+        else:
+            ke = lk if win is None else min(lk, p0 + e + win)
+            ks = 0 if win is None else max(0, p0 + s - win)
+        nk = ke - ks
+        off = p0 + s - ke + 1
+        dt = torch.arange(off, off + nq + nk - 1, device=q.device, dtype=_bias_dtype(q.dtype))
+        line = bias(dt.unsqueeze(0)).squeeze(1)  # (H|1, nq + nk - 1)
+        if win is not None:
+            line = line.masked_fill(dt.abs() > win, float("-inf"))
+        line = line.to(q.dtype).contiguous()
+        # 4-D on purpose: SDPA's fused CPU kernel takes a 3-D mask through a much slower path (measured 4x).
+        mask = line.as_strided((1, line.shape[0], nq, nk), (line.numel(), line.stride(0), 1, 1))
+        out[:, :, s:e] = F.scaled_dot_product_attention(
+            q[:, :, s:e], k_rev[:, :, lk - ke : lk - ks], v_rev[:, :, lk - ke : lk - ks],
+            attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa,
+        )
+    return out
+
+
+class GroupedQueryAttention(nn.Module):
+    """Self-attention with ``n_kv_heads`` key/value heads (1: MQA, n_heads: MHA), a decay bias and a KV cache.
+
+    Args:
+        d_model: model width; must be divisible by ``n_heads``.
+        n_heads: query heads. n_kv_heads: key/value heads (default n_heads); must divide ``n_heads``.
+        decay, alpha, learnable_alpha, per_head_alpha, butterworth_order, cutoff, causal: see ``DecayBias``
+            (the default here is ``decay="none"``: standard causal attention).
+        max_context: keep at most this many past positions in the cache (a sliding window). Attention then sees
+            at most ``max_context`` earlier positions, in a full forward too, so step-by-step decoding with the
+            cache equals one full forward. Distances stay true distances.
+        dropout: attention dropout while training. bias: use biases in the projections.
+        block_size: queries per block of the eager, blockwise evaluation (see ``decayed_attention``).
+
+    ``forward(x, past=None) -> (y, present)``
+        x: (B, L, d_model); past: None or (key, value), each (B, n_kv_heads, P, head_dim).
+        y: (B, L, d_model); present: (key, value) of the past and new positions, trimmed to the window, each
+        (B, n_kv_heads, min(P + L, window), head_dim). The new positions continue from P.
+
+    Raises ``ValueError`` naming the argument for inconsistent sizes (and see ``DecayBias``).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: Optional[int] = None,
+        decay: str = "none",
+        alpha: float = 1.0,
+        learnable_alpha: bool = False,
+        per_head_alpha: bool = False,
+        butterworth_order: int = 1,
+        cutoff: Optional[int] = None,
+        max_context: Optional[int] = None,
+        causal: bool = True,
+        dropout: float = 0.0,
+        bias: bool = True,
+        block_size: int = 1024,
+    ) -> None:
+        super().__init__()
+        if n_heads < 1:
+            raise ValueError(f"n_heads must be >= 1; got {n_heads!r}")
+        if d_model < 1 or d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be a positive multiple of n_heads ({n_heads})")
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if n_kv_heads < 1 or n_heads % n_kv_heads:
+            raise ValueError(f"n_kv_heads ({n_kv_heads}) must be >= 1 and divide n_heads ({n_heads})")
+        if max_context is not None and (isinstance(max_context, bool) or int(max_context) != max_context or max_context < 1):
+            raise ValueError(f"max_context must be a positive integer or None; got {max_context!r}")
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1; got {block_size!r}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1); got {dropout!r}")
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.n_kv_heads = n_kv_heads
+        self.head_dim = d_model // n_heads
+        self.max_context = None if max_context is None else int(max_context)
+        self.block_size = int(block_size)
+        self.dropout = float(dropout)
+        self.decay = DecayBias(decay, alpha, n_heads, learnable_alpha, per_head_alpha, butterworth_order, cutoff, causal)
+        self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(d_model, n_kv_heads * self.head_dim, bias=bias)
+        self.out_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=bias)
+
+    @property
+    def window(self) -> Optional[int]:
+        """Largest query-key distance attended (None: unbounded); the cache keeps this many positions."""
+        limits = [w for w in (self.max_context, self.decay.window) if w is not None]
+        return min(limits) if limits else None
+
+    def _project(self, x: Tensor, past: Optional[KVCache]) -> Tuple[Tensor, Tensor, Tensor]:
+        b, l, _ = x.shape
+        q = self.q_proj(x).view(b, l, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, L, D)
+        k = self.k_proj(x).view(b, l, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, L, D)
+        v = self.v_proj(x).view(b, l, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if past is not None:
+            k = torch.cat([past[0].to(k.dtype), k], dim=2)  # (B, Hkv, P + L, D)
+            v = torch.cat([past[1].to(v.dtype), v], dim=2)
+        return q, k, v
+
+    def _present(self, k: Tensor, v: Tensor) -> KVCache:
+        win = self.window
+        if win is None:
+            return k, v
+        if win == 0:  # only the query itself is ever attended: nothing to keep
+            return k[:, :, :0], v[:, :, :0]
+        return k[:, :, -win:], v[:, :, -win:]
+
+    def forward(self, x: Tensor, past: Optional[KVCache] = None) -> Tuple[Tensor, KVCache]:
+        q, k, v = self._project(x, past)
+        y = decayed_attention(
+            q, k, v, self.decay, window=self.max_context, block_size=self.block_size,
+            dropout_p=self.dropout if self.training else 0.0, kv_groups=self.n_heads // self.n_kv_heads,
+        )  # (B, H, L, D)
+        b, _, l, _ = y.shape
+        y = self.out_proj(y.transpose(1, 2).reshape(b, l, self.n_heads * self.head_dim))
+        return y, self._present(k, v)
+
+    @torch.no_grad()
+    def attention_weights(self, x: Tensor, past: Optional[KVCache] = None) -> Tensor:
+        """The softmax weights the forward pass uses, densely: (B, H, L, P + L). For inspection and analysis."""
+        q, k, _ = self._project(x, past)
+        k = _expand_kv(k, self.n_heads // self.n_kv_heads)
+        bias = dense_bias(self.decay, q.shape[2], k.shape[2], self.window, q.dtype, q.device)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + bias  # (B, H, Lq, Lk)
+        return torch.softmax(scores, dim=-1)
+
+
+class WCMHA(GroupedQueryAttention):
+    """Powerformer's Weighted Causal Multihead Attention: ``GroupedQueryAttention`` with ``decay="powerlaw"``.
+
+    ``WCMHA(d_model, n_heads, alpha=1.0)`` is the paper's default; every argument of ``GroupedQueryAttention``
+    applies (``n_kv_heads`` for GQA/MQA, ``cutoff``, ``max_context``, ``learnable_alpha``, ...).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: Optional[int] = None, decay: str = "powerlaw",
+                 alpha: float = 1.0, **kwargs) -> None:
+        super().__init__(d_model, n_heads, n_kv_heads=n_kv_heads, decay=decay, alpha=alpha, **kwargs)
