@@ -1,7 +1,9 @@
-"""Self-contained attention templates: each file imports torch and the standard library only.
+"""Self-contained attention templates: torch and the standard library only.
 
-The injector copies these files verbatim into target repositories, so a module here never imports another
-tsattn module.
+The injector copies these files verbatim into target repositories, so a template never imports tsattn. A template
+may import a sibling template, and then only relatively (``from .wcmha import DecayBias``): the injector installs
+a template together with the templates it imports, in the same package of the target, and rewrites the relative
+module name when the recipe renames a file.
 """
 
 from .wcmha import DECAY_TYPES, DecayBias, GroupedQueryAttention, WCMHA, decay_values, decayed_attention, dense_bias
