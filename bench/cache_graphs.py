@@ -52,9 +52,10 @@ def _ring_module(model):
             capacity = caches[0].shape[2]
             h = m.embed(((values - m.loc) / m.scale).unsqueeze(-1))  # (B, 1, d_model)
             slots = torch.arange(capacity, dtype=torch.int64)
-            slot = position % capacity  # (B,)
+            cap = slots[-1:] + 1  # capacity as a tensor: the dynamo exporter cannot take tensor % SymInt
+            slot = position % cap  # (B,)
             write = (slots[None, :] == slot[:, None])[:, None, :, None]  # (B, 1, C, 1)
-            dt = (slot[:, None] - slots[None, :]) % capacity  # (B, C): distance of each slot's position
+            dt = (slot[:, None] - slots[None, :]) % cap  # (B, C): distance of each slot's position
             filled = dt <= position[:, None]
             presents = []
             for i, block in enumerate(m.blocks):
@@ -76,6 +77,29 @@ def _ring_module(model):
             return (m.head(m.norm(h)) * m.scale + m.loc,) + tuple(presents)
 
     return Ring(model).eval()
+
+
+def _check_ring() -> float:
+    """The fixed-capacity step (capacity C) equals the model's own cached steps with max_context C - 1."""
+    import torch
+
+    from tsattn.models.reference import ReferenceConfig, build_reference
+
+    capacity = 10
+    model = build_reference(ReferenceConfig(d_model=32, n_layers=2, max_context=capacity - 1), seed=0)
+    ring = _ring_module(model)
+    x = torch.randn(2, 30)
+    caches = tuple(torch.zeros(2, model.config.kv_heads, capacity, model.config.head_dim) for _ in range(4))
+    got = []
+    with torch.no_grad():
+        for t in range(30):
+            out = ring(x[:, t : t + 1], torch.tensor([t, t]), *caches)
+            got.append(out[0])
+            caches = out[1:]
+        err = (torch.cat(got, 1) - model(x)[0]).abs().max().item()
+    if err > 1e-5:
+        raise AssertionError(f"fixed-capacity step differs from the model by {err:.3g}")
+    return err
 
 
 def _graphs(exporter: str):
@@ -107,7 +131,8 @@ def _graphs(exporter: str):
                  *(TensorSpec(n, "float32", shape) for n in cache.past_names())),
         (TensorSpec("forecast", "float32", ("batch", 1, 24)),
          *(TensorSpec(n, "float32", shape) for n in cache.present_names())),
-        example_sizes=distinct_sizes(["batch", "capacity"], avoid=spec.fixed_dims + [1]), parity_sizes=spec.parity_sizes)
+        example_sizes=distinct_sizes(["batch", "capacity"], avoid=spec.fixed_dims + [1]),
+        parity_sizes=spec.parity_sizes)
     return cache, [("one_graph", built.module, spec), ("prefill_graph", NoPast(built.module).eval(), prefill),
                    ("fixed_capacity", _ring_module(built.module.model), ring)]
 
@@ -120,6 +145,7 @@ def run_case(p: Dict, repeats: int) -> Dict:
 
     from tsattn.export.exporter import DEFAULT_OPSET, export_onnx
 
+    _check_ring()
     cache, graphs = _graphs(p["exporter"])
     sessions, row = {}, dict(p)
     with tempfile.TemporaryDirectory() as tmp:

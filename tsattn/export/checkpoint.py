@@ -42,7 +42,8 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> Any:
                                 f"({type(exc).__name__}: {exc})") from None
 
 
-def split_checkpoint(obj: Any, path: Union[str, os.PathLike] = "checkpoint") -> Tuple[Dict[str, Tensor], Optional[Dict[str, Any]]]:
+def split_checkpoint(obj: Any, path: Union[str, os.PathLike] = "checkpoint"
+                     ) -> Tuple[Dict[str, Tensor], Optional[Dict[str, Any]]]:
     """(state_dict, config or None) from a bare state dict or ``{"state_dict": ..., "config": {...}}``
     (``{"model": ...}`` and ``{"model_state_dict": ...}`` also accepted). Raises ``CheckpointRefused``."""
     if not isinstance(obj, Mapping):

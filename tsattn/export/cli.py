@@ -9,7 +9,7 @@ import logging
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 from tsattn.cliutil import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, setup_logging
 
@@ -152,7 +152,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--feature goes with --target")
 
     from tsattn.export.checkpoint import CheckpointRefused
-    from tsattn.export.exporter import FORMATS, GraphContractError, ParityError, check_out_dir, export
+    from tsattn.export.exporter import (FORMATS, MIN_OPSET, GraphContractError, ParityError, check_out_dir, export,
+                                        max_opset)
     from tsattn.export.manifest import parity_table
     from tsattn.export.models import MODELS
     from tsattn.export.targets import NoExportSpec, find_target
@@ -161,14 +162,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
         parser.error(f"--format: expected a comma-separated subset of {','.join(FORMATS)}; got {args.format!r}")
-    try:
-        import onnx
-
-        highest = onnx.defs.onnx_opset_version()
-    except ImportError:  # pragma: no cover - onnx is a dependency
-        highest = 23
-    if not 13 <= args.opset <= highest:
-        parser.error(f"--opset must be between 13 and {highest} (this onnx's newest); got {args.opset}")
     try:
         options = _options(args.options, args.max_context)
         check_out_dir(args.out, args.overwrite)
@@ -191,8 +184,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         traceback.print_exc()
         return EXIT_INTERNAL
 
+    exporter = args.exporter or exportable.spec.exporter
+    if "onnx" in formats and not MIN_OPSET <= args.opset <= max_opset(exporter):
+        parser.error(f"--opset must be between {MIN_OPSET} and {max_opset(exporter)} with the {exporter} exporter; "
+                     f"got {args.opset}")
     try:
-        manifest = export(exportable, args.out, formats=formats, opset=args.opset, exporter=args.exporter,
+        manifest = export(exportable, args.out, formats=formats, opset=args.opset, exporter=exporter,
                           overwrite=args.overwrite, progress=True)
     except ParityError as exc:
         print(parity_table(exc.rows), file=sys.stderr)

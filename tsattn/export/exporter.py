@@ -43,6 +43,16 @@ log = logging.getLogger("tsattn.export")
 
 FORMATS = ("onnx", "torchscript")
 DEFAULT_OPSET = 18
+MIN_OPSET = 13
+
+
+def max_opset(exporter: str) -> int:
+    """The newest opset ``exporter`` writes (torch's own constants; the legacy exporter stops earlier)."""
+    from torch.onnx import _constants
+
+    if exporter == "legacy":
+        return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20))
+    return int(getattr(_constants, "ONNX_MAX_OPSET", 23))
 FILE_NAMES = {"onnx": "{graph}.onnx", "torchscript": "{graph}.pt"}
 
 Arrays = Tuple[np.ndarray, ...]
@@ -117,9 +127,7 @@ def export_onnx(module: nn.Module, example: Tuple[torch.Tensor, ...], spec: Expo
         elif exporter == "dynamo":
             dims = {d: torch.export.Dim(d, min=spec.dim_min.get(d, 1)) for d in spec.input_dims}
             shapes = tuple({i: dims[d] for i, d in enumerate(t.shape) if isinstance(d, str)} or None for t in inputs)
-            params = inspect.signature(module.forward).parameters.values()
-            if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
-                shapes = (shapes,)  # forward(*tensors), e.g. FlatCache: one entry for the star parameter
+            shapes = _match_signature(module, shapes)
             try:
                 torch.onnx.export(module, example, str(path), dynamo=True, opset_version=opset, input_names=names_in,
                                   output_names=names_out, dynamic_shapes=shapes, external_data=big,
@@ -132,6 +140,18 @@ def export_onnx(module: nn.Module, example: Tuple[torch.Tensor, ...], spec: Expo
                 raise
         else:
             raise ValueError(f"exporter must be one of {EXPORTERS}; got {exporter!r}")
+
+
+def _match_signature(module: nn.Module, shapes: tuple) -> tuple:
+    """torch.export wants one dynamic-shape entry per parameter of ``forward``: a ``*tensors`` parameter (as in
+    ``FlatCache``) takes a tuple of the remaining inputs' entries."""
+    out = []
+    for k, param in enumerate(inspect.signature(module.forward).parameters.values()):
+        if param.kind is inspect.Parameter.VAR_POSITIONAL:
+            return tuple(out) + (tuple(shapes[k:]),)
+        if k < len(shapes):
+            out.append(shapes[k])
+    return tuple(out)
 
 
 _ONNX_DTYPES = {"float32": 1, "int64": 7, "int32": 6, "bool": 9, "float16": 10, "float64": 11}
@@ -374,8 +394,8 @@ def export(
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the export directory is an ordinary one
-    bar = tqdm(total=len(formats) + 2, desc=f"export {spec.name}", file=sys.stderr, disable=None if progress else True,
-               leave=False)
+    bar = tqdm(total=len(formats) + 2, desc=f"export {spec.name}", file=sys.stderr, leave=False,
+               disable=None if progress else True)  # None: only on a terminal
     try:
         example = spec.example_inputs(spec.example_sizes, seed=0)
         with torch.no_grad():
@@ -400,6 +420,11 @@ def export(
                 log.debug("renamed output dims: %s", "; ".join(notes))
                 onnx.save(proto, str(path))
             onnx.checker.check_model(str(path), full_check=True)
+            written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
+            if written != opset:  # the dynamo exporter keeps 18 when converting down fails
+                log.warning("asked for opset %d, the %s exporter wrote opset %d; the manifest records %d",
+                            opset, exporter, written, written)
+                opset = written
             try:
                 backends["onnxruntime"] = onnxruntime_runner(path, spec)
             except Exception as exc:  # e.g. an opset this onnxruntime does not implement

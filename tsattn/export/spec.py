@@ -147,7 +147,8 @@ class ExportSpec:
             if self.cache is None:
                 raise SpecError(f"{self.name}: a stepwise check needs a cache")
             if self.stepwise.sequence_dim not in dims:
-                raise SpecError(f"{self.name}: stepwise sequence_dim {self.stepwise.sequence_dim!r} is not an input dim")
+                raise SpecError(f"{self.name}: stepwise sequence_dim {self.stepwise.sequence_dim!r} is not an "
+                                f"input dim")
 
     def example_inputs(self, sizes: Sizes, seed: int = 0) -> Tuple[Tensor, ...]:
         """Inputs in graph order at ``sizes`` (symbolic dim -> size), reproducible from ``seed``."""
