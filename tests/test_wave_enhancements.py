@@ -296,8 +296,8 @@ def _reference_pcca(m, x, bias, with_coherence=True):
     k, v = k.repeat_interleave(hq // hkv, 1), v.repeat_interleave(hq // hkv, 1)
     bias = bias.to(torch.float64)
     if with_coherence:
-        q = q * float(m.alpha)
-        bias = bias + float(m.beta) / m.phase_temp * _coherence64(x, m.phase_coherence_mode, m.num_harmonics)[:, None]
+        q = q * float(m.alpha.detach())
+        bias = bias + float(m.beta.detach()) / m.phase_temp * _coherence64(x, m.phase_coherence_mode, m.num_harmonics)[:, None]
     y = reference_attention(q, k, v, bias).transpose(1, 2).reshape(b, l, hq * d)
     return y @ w(m.out_proj).T
 
