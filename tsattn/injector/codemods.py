@@ -7,7 +7,7 @@ changes nothing, and run with new values it updates the code it inserted instead
 missing anchor raises ``AnchorNotFound`` naming the file (``context.filename``) and the symbol.
 
     AddImport(module, names)                      from MODULE import NAME, ... (merged into an existing import;
-                                                  a leading dot makes it relative); AddImportsVisitor does it
+                                                  ".sibling" is a module beside the file); AddImportsVisitor
     AddClass(source, after=None)                  a top-level class or function after the one named ``after``
                                                   (at the end without); replaced in place when it exists
     AddMethod(class_name, source, after=None)     a method of ``class_name``, after method ``after``
@@ -286,9 +286,11 @@ def _import_block(body: Sequence[cst.CSTNode]) -> int:
 class AddImport(_Codemod):
     """``from MODULE import NAMES`` (``import MODULE`` without names), merged into an existing import of MODULE.
 
-    A leading dot makes the import relative (``AddImport(ctx, ".PowerformerGPT2", ["PowerformerGPT2Model"])``).
-    libcst's ``AddImportsVisitor`` does the work, on the module's leading block of imports (the only part it
-    reads or edits), so that a large module is not traversed.
+    A leading dot names a module relative to the file's package (``AddImport(ctx, ".PowerformerGPT2",
+    ["PowerformerGPT2Model"])``); when the context knows the package (``full_package_name``, as the engine sets
+    it) libcst writes the import absolute (``from models.PowerformerGPT2 import ...``), and recognises it on a
+    re-run. libcst's ``AddImportsVisitor`` does the work, on the module's leading block of imports (the only
+    part it reads or edits), so that a large module is not traversed.
     """
 
     DESCRIPTION = "Add an import, merged with an existing one of the same module."

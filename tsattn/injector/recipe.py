@@ -66,6 +66,7 @@ class Recipe:
     templates: Tuple[Template, ...] = ()
     options: Tuple[Option, ...] = ()
     notes: str = ""  # what a user of the target must know (shown by --list)
+    validate: Optional[Callable[[Mapping[str, Any]], None]] = None  # raises UsageError for bad option values
 
     @property
     def name(self) -> str:
@@ -83,6 +84,8 @@ class Recipe:
                     raise UsageError(f"--{name} is not an option of {self.name}; its options: "
                                      f"{', '.join('--' + n for n in known) or 'none'}")
                 values[name] = known[name].check(value)
+        if self.validate is not None:
+            self.validate(values)
         return values
 
 

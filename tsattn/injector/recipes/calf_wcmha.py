@@ -21,10 +21,12 @@ of the ``getattr`` fallbacks.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, List, Mapping
 
 from tsattn.injector.codemods import AddArgparseArgument, AddClass, AddImport, WrapCall
+from tsattn.injector.errors import UsageError
 from tsattn.injector.recipe import Edit, Option, Recipe, register
 from tsattn.injector.templates import MODULES, Template, template_constant
 
@@ -71,6 +73,16 @@ def edits(options: Mapping[str, Any]) -> List[Edit]:
     ]
 
 
+def validate(options: Mapping[str, Any]) -> None:
+    """The alpha ranges ``DecayBias`` accepts, checked here so that a bad value is refused before any edit
+    (importing the template would import torch, which tsattn-inject does not need)."""
+    alpha, decay = float(options["alpha"]), options["decay"]
+    least = {"step": (1.0, "a step width >= 1"), "butterworth": (None, "a time scale > 0")}.get(decay, (0.0, ">= 0"))
+    ok = math.isfinite(alpha) and (alpha > 0 if least[0] is None else alpha >= least[0])
+    if not ok:
+        raise UsageError(f"--alpha {alpha}: decay {decay!r} needs {least[1]}")
+
+
 RECIPE = register(Recipe(
     kind="calf",
     feature="wcmha",
@@ -84,6 +96,7 @@ RECIPE = register(Recipe(
         Option("alpha", float, 1.0, "decay scale (powerlaw: -alpha*log(dt+1); 0 = plain causal attention)"),
         Option("decay", str, "powerlaw", "decay type", choices=DECAY_TYPES),
     ),
+    validate=validate,
     notes="needs nothing beyond CALF's requirements (torch, transformers, peft); runs with transformers 4.30 "
           "and 5.x; checkpoints of unpatched CALF load (the decay alpha is the only new state)",
 ))
