@@ -100,7 +100,7 @@ def _matrix(recipes) -> str:
 def _summary(result) -> str:
     parts = []
     if result.changed:
-        parts.append("changed " + ", ".join(result.changed))
+        parts.append(("restored " if result.status == "reverted" else "changed ") + ", ".join(result.changed))
     if result.added:
         parts.append("added " + ", ".join(result.added))
     if result.removed:

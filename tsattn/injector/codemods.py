@@ -273,11 +273,14 @@ def _block_body(node: Union[cst.Module, cst.IndentedBlock]) -> List[cst.CSTNode]
 # --- codemods --------------------------------------------------------------------------------------------------
 
 
+_IMPORT_OR_DOCSTRING = m.SimpleStatementLine(body=[m.OneOf(m.Import(), m.ImportFrom(), m.Expr(m.SimpleString()))])
+
+
 def _import_block(body: Sequence[cst.CSTNode]) -> int:
     """Length of the module's leading block of docstring and import statements (what AddImportsVisitor edits)."""
     n = 0
     for statement in body:
-        if not m.matches(statement, m.SimpleStatementLine(body=[m.OneOf(m.Import(), m.ImportFrom(), m.Expr(m.SimpleString()))])):
+        if not m.matches(statement, _IMPORT_OR_DOCSTRING):
             break
         n += 1
     return n
@@ -415,8 +418,8 @@ _ADD_ARGUMENT = m.SimpleStatementLine(
 
 def _argument_flags(statement: cst.CSTNode) -> Tuple[str, ...]:
     """The option strings of an ``X.add_argument('--a', '-b', ...)`` statement (empty for anything else)."""
-    if not m.matches(statement, _ADD_ARGUMENT):
-        return ()
+    if not isinstance(statement, cst.SimpleStatementLine) or not m.matches(statement, _ADD_ARGUMENT):
+        return ()  # (the isinstance check first: matching is costly and most statements are not lines)
     flags = []
     for arg in statement.body[0].value.args:
         if arg.keyword is not None or arg.star or not isinstance(arg.value, cst.SimpleString):
