@@ -302,7 +302,7 @@ def test_list_and_help(capsys):
     with pytest.raises(SystemExit):
         run_cli("--help")
     help_text = capsys.readouterr().out
-    for code in ("0    applied", "1    internal error", "2    usage error", "3    target refused"):
+    for code in ("0    applied", "1    internal error", "2    usage error", "3    target refused", "130  interrupted"):
         assert code in help_text
 
 
@@ -313,3 +313,18 @@ def test_the_command_runs_as_a_module(calf, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == os.path.join("patches", "calf-wcmha.patch")
     assert (tmp_path / "patches" / "calf-wcmha.patch").is_file()
+
+
+def test_mode_and_crlf_line_endings_are_kept_and_the_patch_still_applies(calf, tmp_path):
+    run_py = calf / "run.py"
+    run_py.write_bytes(run_py.read_bytes().replace(b"\n", b"\r\n"))
+    run_py.chmod(0o755)
+    commit_all(calf, "CRLF, executable")
+    engine.inject(calf, "wcmha", patch_out=tmp_path / "crlf.patch")
+    data = run_py.read_bytes()
+    assert stat.S_IMODE(run_py.stat().st_mode) == 0o755
+    assert b"--powerformer_alpha" in data and data.count(b"\n") == data.count(b"\r\n")
+    fresh = tmp_path / "fresh"
+    git.Repo.clone_from(calf, fresh)
+    subprocess.run(["git", "apply", str(tmp_path / "crlf.patch")], cwd=fresh, check=True)
+    assert (fresh / "run.py").read_bytes() == data

@@ -25,7 +25,7 @@ examples:
 
 exit codes:
   0    applied, updated, already applied, reverted (or nothing to revert)
-  1    internal error (with a traceback)
+  1    internal error (with a traceback), or a file that could not be written (every file restored)
   2    usage error, unknown target kind, feature or option
   3    target refused: not the root of a git work tree, uncommitted changes in a file the recipe touches
        (--allow-dirty overrides), a file the recipe adds exists and is not tsattn output, a file does not
@@ -148,6 +148,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("tsattn-inject: interrupted; every file was restored", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:  # e.g. an unwritable --patch-out: the transaction restored the target
+        print(f"tsattn-inject: {exc}; every file was restored", file=sys.stderr)
+        return EXIT_INTERNAL
     except Exception:
         log.exception("internal error")
         return EXIT_INTERNAL

@@ -1,7 +1,8 @@
 """Recipes, one module each; every module of this package is imported by ``load_all()``.
 
-A module here registers its recipes at import (``register(Recipe(...))``). Sub-packages (such as
-``calf_templates``) hold recipe templates and are not imported as recipes.
+A module here registers its recipes at import (``register(Recipe(...))``); adding a recipe is adding a module
+(how: ``tsattn/injector/__init__.py``; example: ``calf_wcmha.py``). Sub-packages (such as ``calf_templates``)
+hold recipe templates and are not imported as recipes.
 """
 
 from __future__ import annotations
