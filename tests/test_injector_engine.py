@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import git
@@ -308,7 +309,7 @@ def test_list_and_help(capsys):
 
 def test_the_command_runs_as_a_module(calf, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(engine.__file__).parents[2])}
-    proc = subprocess.run(["python", "-m", "tsattn.injector.cli", "--target", str(calf), "--feature", "wcmha"],
+    proc = subprocess.run([sys.executable, "-m", "tsattn.injector.cli", "--target", str(calf), "--feature", "wcmha"],
                           cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == os.path.join("patches", "calf-wcmha.patch")
