@@ -354,6 +354,15 @@ def test_usage_errors_exit_2_with_a_message(tmp_path, capsys, argv, match):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_recognised_target_without_an_export_spec_is_named(tmp_path, capsys):
+    from tsattn.examples import lookalike_repo
+
+    repo = lookalike_repo("calf_lookalike", tmp_path / "CALF")
+    rc = cli.main(["--target", str(repo), "--feature", "wcmha", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "no export spec for target calf" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_list_and_help_document_exit_codes(capsys):
     assert cli.main(["--list"]) == 0
     listing = capsys.readouterr().out

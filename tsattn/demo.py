@@ -9,6 +9,7 @@ import argparse
 import math
 import sys
 import time
+from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -85,6 +86,100 @@ def step_long(args: argparse.Namespace) -> str:
             f"WCMHA with a dense {l}x{l} bias {ms_dense:.0f} ms; max |blocked - dense| = {err:.2g}")
 
 
+def _calf_demo(args: argparse.Namespace) -> dict:
+    """State shared by the injection steps: a temporary directory (removed at exit) with the look-alike repo."""
+    state = getattr(args, "_calf_demo", None)
+    if state is None:
+        import atexit
+        import shutil
+        import tempfile
+
+        tmp = Path(tempfile.mkdtemp(prefix="tsattn-demo-"))
+        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+        state = args._calf_demo = {"tmp": tmp}
+    return state
+
+
+def step_inject(args: argparse.Namespace) -> str:
+    from tsattn.examples import lookalike_repo
+    from tsattn.injector import engine
+
+    state = _calf_demo(args)
+    repo = lookalike_repo("calf_lookalike", state["tmp"] / "CALF")
+    t0 = time.perf_counter()
+    result = engine.inject(repo, "wcmha", patch_out=state["tmp"] / "patches" / "calf-wcmha.patch")
+    ms = (time.perf_counter() - t0) * 1e3
+    again = engine.inject(repo, "wcmha", patch_out=state["tmp"] / "patches" / "calf-wcmha.patch").status
+    if again != "already applied":
+        raise RuntimeError(f"a second identical injection was not a no-op: {again}")
+    state.update(repo=repo, patch=Path(result.patch_path), commit=result.upstream_commit)
+    lines = result.patch.count(b"\n")
+    return (f"copied the CALF look-alike to {repo} (git, commit {result.upstream_commit[:7]}); tsattn-inject "
+            f"--feature wcmha: {result.status} in {ms:.0f} ms: changed {', '.join(result.changed)}; added "
+            f"{', '.join(result.added)}; patch of {lines} lines at {result.patch_path}; run again: {again}")
+
+
+def step_patch(args: argparse.Namespace) -> str:
+    import subprocess
+
+    import git
+
+    state = _calf_demo(args)
+    fresh = state["tmp"] / "pristine"
+    git.Repo.clone_from(state["repo"], fresh)
+    for cmd in (["git", "apply", "--check", str(state["patch"])], ["git", "apply", str(state["patch"])]):
+        proc = subprocess.run(cmd, cwd=fresh, capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {proc.stderr.strip()}")
+    touched = ("models/CALF.py", "models/GPT2_arch.py", "run.py", "models/PowerformerAttention.py",
+               "models/PowerformerGPT2.py")
+    differ = [p for p in touched if (fresh / p).read_bytes() != (state["repo"] / p).read_bytes()]
+    if differ:
+        raise RuntimeError(f"after git apply, these files differ from the injected ones: {differ}")
+    return (f"git apply --check, then git apply, on a pristine clone at {state['commit'][:7]}: clean; the "
+            f"{len(touched)} touched files are byte-identical to the injected ones")
+
+
+def step_calf_model(args: argparse.Namespace) -> str:
+    import types
+    import warnings
+
+    from tsattn.examples import import_from, lookalike_repo, offline_gpt2
+
+    state = _calf_demo(args)
+    base = lookalike_repo("calf_lookalike", state["tmp"] / "unpatched")
+    unpatched_module = import_from(base, "models.CALF")
+    import peft
+
+    unpatched_module.get_peft_model = peft.get_peft_model  # upstream (and the look-alike) never import it
+    patched_module = import_from(state["repo"], "models.CALF")
+
+    def configs(**kw):
+        return types.SimpleNamespace(pred_len=24, seq_len=96, d_model=32, r=8, lora_alpha=32, lora_dropout=0.0,
+                                     gpt_layers=3, **kw)
+
+    with warnings.catch_warnings(), offline_gpt2():
+        warnings.simplefilter("ignore")
+        torch.manual_seed(0)
+        unpatched = unpatched_module.Model(configs(), "cpu").eval()
+        zero = patched_module.Model(configs(powerformer_alpha=0.0), "cpu").eval()
+        one = patched_module.Model(configs(powerformer_alpha=1.0), "cpu").eval()
+    checkpoint = unpatched.state_dict()
+    new_keys = sorted(set(zero.state_dict()) - set(checkpoint))
+    zero.load_state_dict(checkpoint)  # strict: an unpatched checkpoint keeps working
+    one.load_state_dict(checkpoint)
+    x = torch.randn(4, 96, 7)
+    with torch.no_grad():
+        a, b, c = unpatched(x), zero(x), one(x)
+    err0 = (a["outputs_time"] - b["outputs_time"]).abs().max().item()
+    err1 = (a["outputs_time"] - c["outputs_time"]).abs().max().item()
+    if err0 > 1e-5 or not torch.equal(a["outputs_text"], b["outputs_text"]):
+        raise RuntimeError(f"alpha=0 does not reproduce the unpatched forecast: max |diff| = {err0:.3g}")
+    return (f"patched Model built offline (random GPT-2, 3 layers); unpatched checkpoint loads strictly "
+            f"({len(new_keys)} new keys, all decay alphas); forecast {tuple(b['outputs_time'].shape)}: alpha=0 vs "
+            f"unpatched max |diff| = {err0:.2g}, alpha=1 differs by {err1:.2g}; text branch bit-identical")
+
+
 def step_export(args: argparse.Namespace) -> str:
     import tempfile
 
@@ -105,6 +200,9 @@ def step_export(args: argparse.Namespace) -> str:
 
 
 STEPS: List[Step] = [
+    ("tsattn-inject: CALF look-alike + WCMHA (libcst), patch written", step_inject),
+    ("the patch applies to a pristine clone (git apply)", step_patch),
+    ("the patched CALF model: alpha=0 reproduces the unpatched forecast", step_calf_model),
     ("WCMHA against an independent float64 reference", step_reference),
     ("KV cache: step-by-step decoding equals one full forward", step_cache),
     ("long inputs: blockwise decay bias vs a dense bias", step_long),

@@ -1,6 +1,7 @@
 """Export specs of patched target repositories (``tsattn-export --target REPO_DIR --feature F``).
 
-Each target kind gets one ``TargetEntry``: how to recognise a clone (``detect``), the features it can export, and
+Each target kind gets one ``TargetEntry``: how to recognise a clone (``detect``; the injector's fingerprints,
+``tsattn.injector.targets.KINDS[kind].matches``, are the natural choice), the features it can export, and
 ``build(repo, feature, options, checkpoint, seed) -> Exportable`` (import the model from the patched clone, build it
 from a small config or the user's checkpoint, and describe its graph with an ``ExportSpec``). The specs for CALF
 (forecast: batch x seq_len x channels -> batch x pred_len x channels), Hephaestus (``TimeSeriesDecoder`` with a
@@ -47,8 +48,20 @@ def find_target(repo: Path, feature: str) -> TargetEntry:
                                    f"it has {list(entry.features)}")
             return entry
     known = sorted(TARGETS) or "none yet"
+    kind = _injector_kind(repo)
+    what = f"target {kind} ({repo})" if kind else f"target {repo} (not a kind tsattn-inject recognises)"
     raise NoExportSpec(
-        f"no export spec for target {repo} (feature {feature!r}) yet: registered target specs: {known}. "
+        f"no export spec for {what}, feature {feature!r}, yet: registered target specs: {known}. "
         f"Export specs for {', '.join(PLANNED)} land with their injection recipes; "
         f"`tsattn-export --model reference` works today"
     )
+
+
+def _injector_kind(repo: Path) -> Optional[str]:
+    """The target kind the injector's fingerprints recognise in ``repo`` (None: none or several)."""
+    try:
+        from tsattn.injector.targets import KINDS
+    except ImportError:  # the injector is absent: name the directory only
+        return None
+    found = [k.name for k in KINDS.values() if k.matches(repo)]
+    return found[0] if len(found) == 1 else None
