@@ -180,6 +180,25 @@ def step_calf_model(args: argparse.Namespace) -> str:
             f"unpatched max |diff| = {err0:.2g}, alpha=1 differs by {err1:.2g}; text branch bit-identical")
 
 
+def step_export(args: argparse.Namespace) -> str:
+    import tempfile
+
+    from tsattn.export.exporter import export
+    from tsattn.export.manifest import load_manifest, parity_table
+    from tsattn.export.models import MODELS
+
+    with tempfile.TemporaryDirectory() as tmp:
+        export(MODELS["reference"].build({}, None, 0), f"{tmp}/reference")
+        m = load_manifest(f"{tmp}/reference")  # re-reads the manifest and checks every file's sha256
+        cfg, c = m.source["config"], m.cache
+        files = ", ".join(f"{f.path} ({f.bytes / 1e6:.1f} MB)" for f in m.files)
+        table = "\n".join("        " + line for line in parity_table(m.parity).splitlines())
+    return (f"reference forecaster (d_model {cfg['d_model']}, {cfg['n_layers']} layers, {cfg['n_heads']} heads, "
+            f"max_context {c.max_context}) -> {files} + manifest.json, sha256 verified; {m.exporter} exporter, "
+            f"opset {m.opset}; one graph for prefill and decode, cache tensors past_key_values.{{i}}.key/value -> "
+            f"present.{{i}}.key/value. Parity against eager (max abs error, tol 1e-4):\n{table}")
+
+
 STEPS: List[Step] = [
     ("tsattn-inject: CALF look-alike + WCMHA (libcst), patch written", step_inject),
     ("the patch applies to a pristine clone (git apply)", step_patch),
@@ -187,6 +206,7 @@ STEPS: List[Step] = [
     ("WCMHA against an independent float64 reference", step_reference),
     ("KV cache: step-by-step decoding equals one full forward", step_cache),
     ("long inputs: blockwise decay bias vs a dense bias", step_long),
+    ("export: the reference streaming forecaster to ONNX + TorchScript with parity checks", step_export),
 ]
 
 
