@@ -11,10 +11,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from tsattn.analysis.metrics import profile_exponent, row_entropy  # noqa: E402
 
 DPI = 80
+CLIP_PERCENTILE = 99.0  # colour scales stop here: the first queries see few keys and would saturate the scale
+
+
+def colour_max(weights: np.ndarray) -> float:
+    """The ``CLIP_PERCENTILE`` percentile of a map's positive weights (causal maps are half zeros)."""
+    positive = weights[weights > 0]
+    return float(np.percentile(positive, CLIP_PERCENTILE)) if positive.size else 1.0
 
 
 def _save(fig, path: Path, close: bool = True) -> None:
@@ -54,12 +62,13 @@ class HeatmapWriter:
             self.im = self.ax.imshow(weights, cmap="viridis", aspect="auto", origin="lower", interpolation="nearest")
             self.ax.set_xlabel("time being attended to (key)")
             self.ax.set_ylabel("time doing the attending (query)")
-            self.fig.colorbar(self.im, ax=self.ax, label="attention weight")
+            self.fig.colorbar(self.im, ax=self.ax, label=f"attention weight (to the {CLIP_PERCENTILE:g}th percentile)",
+                              extend="max")
             self.fig.subplots_adjust(left=0.14, right=0.97, bottom=0.12, top=0.9)
         else:
             self.im.set_data(weights)
             self.im.set_extent((-0.5, weights.shape[1] - 0.5, -0.5, weights.shape[0] - 0.5))
-        self.im.set_clim(float(np.min(weights)), float(np.max(weights)))
+        self.im.set_clim(0.0, colour_max(weights))
         self.ax.set_title(title, fontsize=9)
         _save(self.fig, path, close=False)
 
@@ -75,17 +84,18 @@ def heatmap(weights: np.ndarray, path: Path, title: str) -> None:
 
 def attention_summary(maps: Sequence[np.ndarray], per_head: List[Dict[str, object]], path: Path, title: str) -> None:
     """One row per layer: each head's map averaged over the samples (each panel on its own colour scale, from 0
-    to its maximum, printed in the title), then the heads' mean weight against lag (log-log) with the fitted
-    power law."""
+    to the ``CLIP_PERCENTILE`` percentile of its weights, printed in the title), then the heads' mean weight
+    against lag (log-log) with the fitted power law."""
     n_layers, n_heads = len(maps), maps[0].shape[1]
     fig, axes = plt.subplots(n_layers, n_heads + 1, figsize=(2.6 * (n_heads + 1), 2.5 * n_layers), squeeze=False)
     for layer, m in enumerate(maps):
         mean = m.mean(axis=0)  # (H, L, L)
         for head in range(n_heads):
             ax = axes[layer, head]
+            top = colour_max(mean[head])
             ax.imshow(mean[head], cmap="viridis", aspect="auto", origin="lower", interpolation="nearest",
-                      vmin=0.0, vmax=float(mean[head].max()))
-            ax.set_title(f"L{layer} H{head} (max {mean[head].max():.2f})", fontsize=8)
+                      vmin=0.0, vmax=top)
+            ax.set_title(f"L{layer} H{head} (scale 0-{top:.3f})", fontsize=8)
             ax.set_xticks([0, mean.shape[-1] - 1])
             ax.set_yticks([0, mean.shape[-2] - 1])
             ax.tick_params(labelsize=6)
@@ -102,6 +112,7 @@ def attention_summary(maps: Sequence[np.ndarray], per_head: List[Dict[str, objec
             if np.isfinite(fit["exponent"]):
                 ax.loglog(lag, np.exp(fit["intercept"]) * lag ** fit["exponent"], "-", color=line.get_color(),
                           lw=1, label=f"H{rec['head']}: {fit['exponent']:.2f}")
+        ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"L{layer}: mean weight vs lag", fontsize=8)
         ax.set_xlabel("lag", fontsize=7)
         ax.tick_params(labelsize=6)
