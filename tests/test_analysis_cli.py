@@ -106,7 +106,7 @@ TINY = ["--generators", "HeavyTailedAR1", "--epochs", "1", "--length", "260", "-
 
 def test_tiny_end_to_end_run_writes_every_file(tmp_path, capsys):
     out = tmp_path / "a"
-    assert cli.main(TINY + ["--jobs", "2", "--out", str(out), "--json"]) == 0  # the default: a pool of 2 processes
+    assert cli.main(TINY + ["--jobs", "1", "--out", str(out), "--json"]) == 0
     stdout = capsys.readouterr().out
     printed = json.loads(stdout)
     assert sorted(p.name for p in out.iterdir()) == ["HeavyTailedAR1", "comparison.json", "comparison.md"]
@@ -168,14 +168,21 @@ def test_help_and_umbrella_command(capsys):
     assert exc.value.code == 0 and "tsattn-analyze" in capsys.readouterr().out
 
 
-def test_module_entry_point_in_a_subprocess_in_process_jobs(tmp_path):
+def test_module_entry_point_with_a_pool_of_two_processes(tmp_path):
     out = tmp_path / "c"
-    args = ["--generators", "sunspots", "--attention", "wcmha", "--epochs", "1", "--samples", "0", "--jobs", "1",
-            "--out", str(out)]
+    args = ["--generators", "sunspots", "--epochs", "1", "--samples", "0", "--jobs", "2", "--out", str(out)]
     proc = subprocess.run([sys.executable, "-m", "tsattn.analysis.cli", *args], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1], timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert re.search(r"\| sunspots \| wcmha \| [0-9.]+ \|", proc.stdout)  # the table goes to stdout
-    assert "epoch" in proc.stderr  # the progress bar goes to stderr
-    assert sorted(p.name for p in (out / "sunspots" / "wcmha").iterdir()) == _expected_files(
-        "sunspots", samples=0)
+    for attention in ("standard", "wcmha"):  # the table goes to stdout, in task order
+        assert re.search(rf"\| sunspots \| {attention} \| [0-9.]+ \|", proc.stdout)
+        assert sorted(p.name for p in (out / "sunspots" / attention).iterdir()) == _expected_files(
+            "sunspots", samples=0)
+    assert proc.stdout.index("| standard |") < proc.stdout.index("| wcmha |")
+    assert "2/2" in proc.stderr.replace(" ", "")  # the progress bar (stderr) counted both workers' epochs
+    # the same numbers as a run in one process: the pool changes nothing but the wall time
+    single = tmp_path / "d"
+    assert cli.main(args[:-4] + ["--jobs", "1", "--out", str(single)]) == 0
+    pooled = json.loads((out / "comparison.json").read_text())["runs"]
+    assert [r["val_mse"] for r in json.loads((single / "comparison.json").read_text())["runs"]] == [
+        r["val_mse"] for r in pooled]
