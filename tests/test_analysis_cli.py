@@ -23,7 +23,8 @@ SMALL = ModelConfig(d_model=16, n_heads=2, n_layers=2, d_ff=32, input_len=24, ho
 
 def test_seed_004_configuration_and_attention_classes():
     c = ModelConfig()
-    assert (c.d_model, c.n_heads, c.n_layers, c.d_ff, c.dropout, c.input_len, c.horizon) == (64, 4, 2, 256, 0.1, 100, 20)
+    got = (c.d_model, c.n_heads, c.n_layers, c.d_ff, c.dropout, c.input_len, c.horizon)
+    assert got == (64, 4, 2, 256, 0.1, 100, 20)
     std, wc = Forecaster("standard"), Forecaster("wcmha")
     for layer in std.layers:
         assert type(layer.attn) is GroupedQueryAttention and layer.attn.decay.decay == "none"
@@ -186,3 +187,16 @@ def test_module_entry_point_with_a_pool_of_two_processes(tmp_path):
     pooled = json.loads((out / "comparison.json").read_text())["runs"]
     assert [r["val_mse"] for r in json.loads((single / "comparison.json").read_text())["runs"]] == [
         r["val_mse"] for r in pooled]
+
+
+def test_internal_error_leaves_nothing_behind(tmp_path, monkeypatch, capsys):
+    from tsattn.analysis import experiment
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(experiment, "run", broken)
+    out = tmp_path / "e"
+    assert cli.main(TINY + ["--jobs", "1", "--out", str(out)]) == 1
+    assert "boom" in capsys.readouterr().err
+    assert not out.exists()

@@ -90,7 +90,8 @@ def test_causal_supports():
     assert M.horizontal_strength(CAUSAL_UNIFORM, causal=True) == pytest.approx(0.0, abs=1e-12)
     assert M.concentration(CAUSAL_UNIFORM, causal=True) == pytest.approx(np.mean([1 / 2, 1 / 3, 1 / 4]))
     assert M.gini(IDENTITY, causal=True) == pytest.approx(np.mean([1 - 1 / 2, 1 - 1 / 3, 1 - 1 / 4]))
-    assert M.lag_profile(CAUSAL_UNIFORM, max_lag=1).tolist() == pytest.approx([13 / 36, 13 / 36])  # rows 1..3: (1/2 + 1/3 + 1/4) / 3
+    # rows 1..3 see lags 0 and 1: (1/2 + 1/3 + 1/4) / 3 at both
+    assert M.lag_profile(CAUSAL_UNIFORM, max_lag=1).tolist() == pytest.approx([13 / 36, 13 / 36])
     # a longer uniform causal map: the lag profile is flat, so the exponent is 0 (no bias from the support sizes)
     n = 50
     flat = np.tril(np.ones((n, n))) / np.arange(1, n + 1)[:, None]

@@ -40,7 +40,7 @@ DEFAULT = {"epochs": 6, "length": 1200, "samples": 2, "metric_samples": 64}
 
 EPILOG = """\
 examples:
-  tsattn-analyze --quick --out /tmp/a                 3 generators, 3 epochs: about half a minute on 2 cores
+  tsattn-analyze --quick --out /tmp/a                 3 series, 2 epochs (about 30 s of CPU time in all)
   tsattn-analyze --out results                        all nine generators and co2 and sunspots (minutes)
   tsattn-analyze --generators GARCH11,co2 --attention wcmha --epochs 10 --json
 
@@ -67,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help=f"fewer series and epochs: {QUICK['epochs']} epochs, length {QUICK['length']}, "
                    f"{QUICK['samples']} heatmap sample")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generators, initial weights and batches (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the generators, initial weights and batches (default 0)")
     p.add_argument("--epochs", type=int, help=f"training epochs (default {DEFAULT['epochs']}, quick {QUICK['epochs']})")
     p.add_argument("--length", type=int,
                    help=f"synthetic series length (default {DEFAULT['length']}, quick {QUICK['length']}); "
@@ -280,7 +281,12 @@ def _row_line(row: Dict[str, object]) -> str:
 
 
 def _execute(tasks: List[Dict[str, object]], jobs: int, threads: int, bar) -> List[Dict[str, object]]:
-    """Run the tasks in this process (jobs == 1) or in a pool of ``jobs`` spawned processes; rows in task order."""
+    """Run the tasks in this process (jobs == 1) or in a pool of ``jobs`` processes; rows in task order.
+
+    On Linux the workers are forked, as PyTorch's DataLoader workers are, after this process has imported torch,
+    matplotlib and the optimiser's lazy imports (about 4 s of CPU that each spawned worker would repeat); each
+    worker then sets its own thread count. Elsewhere they are spawned.
+    """
     def progress(name: str, attention: str, train_loss: float, val_loss: float) -> None:
         bar.set_description(f"{name}/{attention}")
         bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
@@ -301,7 +307,15 @@ def _execute(tasks: List[Dict[str, object]], jobs: int, threads: int, bar) -> Li
     import queue as queue_mod
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    ctx = mp.get_context("spawn")  # fork after torch has run is unsafe (OpenMP state)
+    if sys.platform == "linux":
+        import torch
+
+        from tsattn.analysis import plots  # noqa: F401  (imported once, inherited by the forked workers)
+
+        torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])  # its first call imports torch._dynamo
+        ctx = mp.get_context("fork")
+    else:
+        ctx = mp.get_context("spawn")
     events = ctx.Queue()
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(events, threads)) as pool:
         futures = {pool.submit(_run_task, task): i for i, task in enumerate(tasks)}
@@ -349,9 +363,11 @@ def run(args: argparse.Namespace) -> int:
         "causal": True,
     }
 
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tsattn-analyze-", dir=out))
     t_start = time.perf_counter()
+    finished = False
     try:
         tasks = []
         for i, name in enumerate(series_names):
@@ -379,8 +395,11 @@ def run(args: argparse.Namespace) -> int:
             os.replace(staging / name, target)
         for fname in ("comparison.md", "comparison.json"):
             os.replace(staging / fname, out / fname)
+        finished = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not finished and created and not any(out.iterdir()):
+            out.rmdir()  # a failed run leaves no trace of a folder it created
 
     log.info("wrote %s (%d runs) in %.1f s", out, len(runs), comparison["seconds"])
     if args.json:
