@@ -308,29 +308,41 @@ def _execute(tasks: List[Dict[str, object]], jobs: int, threads: int, bar) -> Li
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     if sys.platform == "linux":
+        import importlib
+
         import torch
 
-        from tsattn.analysis import plots  # noqa: F401  (imported once, inherited by the forked workers)
-
+        importlib.import_module("tsattn.analysis.plots")  # imported once here, inherited by the forked workers
         torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])  # its first call imports torch._dynamo
         ctx = mp.get_context("fork")
     else:
         ctx = mp.get_context("spawn")
     events = ctx.Queue()
+
+    def drain(timeout: float = 0.0) -> None:
+        while True:
+            try:
+                progress(*(events.get(timeout=timeout) if timeout else events.get_nowait()))
+            except queue_mod.Empty:
+                return
+
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(events, threads)) as pool:
         futures = {pool.submit(_run_task, task): i for i, task in enumerate(tasks)}
         rows: List[Optional[Dict[str, object]]] = [None] * len(tasks)
         pending = set(futures)
-        while pending:
-            done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
-            while True:
-                try:
-                    progress(*events.get_nowait())
-                except queue_mod.Empty:
-                    break
-            for f in done:
-                rows[futures[f]] = f.result()  # re-raises a worker's exception
-                bar.write(_row_line(rows[futures[f]]), file=sys.stderr)
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                drain()
+                for f in done:
+                    rows[futures[f]] = f.result()  # re-raises a worker's exception
+                    bar.write(_row_line(rows[futures[f]]), file=sys.stderr)
+        except BaseException:
+            for f in pending:  # do not train the rest after a failure
+                f.cancel()
+            raise
+        if bar.n < bar.total:
+            drain(timeout=0.5)  # the last epochs' events can trail the results
     return rows  # type: ignore[return-value]
 
 
