@@ -269,6 +269,17 @@ def test_set_parameter_default():
         run("class M:\n    pass\n", SetParameterDefault, function="M.h", param="a", value=1)
 
 
+def test_set_parameter_default_follows_the_layout_of_the_parameter_list():
+    one_per_line = "def f(\n        self,\n        a: int,\n        b: bool = True\n):\n    pass\n"
+    out = run(run(one_per_line, SetParameterDefault, function="f", param="c", value=None),
+              SetParameterDefault, function="f", param="d", value=1.0)
+    assert out == "def f(\n        self,\n        a: int,\n        b: bool = True,\n        c=None,\n        d=1.0\n):\n    pass\n"
+    check("def f(a,\n      b=1,):\n    pass\n", "def f(a,\n      b=1,\n      c=2,):\n    pass\n",
+          SetParameterDefault, function="f", param="c", value=2)
+    check("def f(a, *args, k=1):\n    pass\n", "def f(a, b=2, *args, k=1):\n    pass\n",
+          SetParameterDefault, function="f", param="b", value=2)
+
+
 def test_insert_statements_after_anchor_then_update_constants():
     source = dedent(MODEL)
     args = dict(scope="Model.__init__", after="self.gpt2 = A.from_pretrained('gpt2', x = True)")

@@ -655,9 +655,16 @@ class SetParameterDefault(_Codemod):
                     items[i] = p.with_changes(default=value, equal=p.equal if p.default is not None else equal)
                     return updated_node.with_changes(params=params.with_changes(**{field: items}))
         items = list(params.params)
-        if items and items[-1].comma is not cst.MaybeSentinel.DEFAULT:
-            items[-1] = items[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
-        items.append(cst.Param(name=cst.Name(self.param), default=value, equal=equal))
+        new = cst.Param(name=cst.Name(self.param), default=value, equal=equal)
+        if items:
+            # The new parameter takes the old last one's place (its trailing comma and the whitespace before what
+            # follows), and the old last one the separator the list uses: one per line stays one per line.
+            last = items[-1]
+            between = items[-2].comma if len(items) > 1 and isinstance(items[-2].comma, cst.Comma) else None
+            between = between.deep_clone() if between is not None else cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+            new = new.with_changes(comma=last.comma, whitespace_after_param=last.whitespace_after_param)
+            items[-1] = last.with_changes(comma=between, whitespace_after_param=cst.SimpleWhitespace(""))
+        items.append(new)
         return updated_node.with_changes(params=params.with_changes(params=items))
 
     def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
