@@ -26,9 +26,10 @@ Every feature:
 - edits only by anchors that upstream's b33e609 and HEAD share (HEAD's ``transformer.py`` differs in its import
   block, the block's norm and the order of the attention's keywords); the target is never imported.
 
-Composition: features may be injected one after another (commit in between, or ``--allow-dirty``) in any order
-with the same result: the statements that must come in order (FCL's mask before AHS's selection) are anchored so
-(``InsertStatements`` with a list of anchors), and ``pcca`` and ``wcmha`` share the block's decay arguments.
+Composition: features may be injected one after another (commit in between) in any order with the same result:
+the statements that must come in order (FCL's mask before AHS's selection) are anchored so (``InsertStatements``
+with a list of anchors), and ``pcca`` and ``wcmha`` add the same decay arguments to the block (PCCA takes the
+decay itself; ``MultiQueryFlashAttention`` once ``wcmha`` is injected).
 
 Options (``tsattn-inject`` flags) set the defaults of the injected keyword arguments, not the flags:
 ``--k_ratio`` (``ahs_k_ratio``), ``--mask_slope`` (``fcl_mask_slope``), ``--pcca_mode`` (``pcca_mode``),
@@ -39,9 +40,9 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import libcst as cst
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 from tsattn.injector.codemods import AddImport, AddMethod, Code, InsertStatements, SetKeyword, SetParameterDefault, WrapCall
 from tsattn.injector.errors import UsageError
@@ -401,7 +402,7 @@ FEATURES: Dict[str, Tuple[Any, Tuple[str, ...], Tuple[str, ...], str]] = {
              "PCCA: WaveTransformer(use_pcca=True) puts PhaseCoherentAttention in the blocks"),
     "mrwp": (_mrwp, ("wave_mrwp.py",), ("pyramid_interval",),
              "MRWP: WaveTransformer(use_mrwp=True) runs a wave pyramid after every pyramid_interval-th block"),
-    "wcmha": (_wcmha, ("wcmha.py",), ("decay", "alpha"),
+    "wcmha": (_wcmha, ("wcmha.py",), ("alpha", "decay"),
               "WCMHA decay bias in the blocks' attention: WaveTransformer(use_wcmha=True, wcmha_alpha=...)"),
 }
 ENHANCEMENTS = ("ahs", "fcl", "pcca", "mrwp")
