@@ -505,3 +505,13 @@ def test_list_and_option_errors(wave, capsys):
     with pytest.raises(SystemExit):
         cli.main(["--target", str(wave), "--feature", "pcca", "--pcca_mode", "polar"])
     assert snapshot(wave) == before
+
+
+def test_the_demo_step_runs_and_checks_what_it_claims():
+    import argparse
+
+    from tsattn import demo
+
+    assert demo.STEPS[-1][1] is demo.step_wave_transformer
+    out = demo.step_wave_transformer(argparse.Namespace(length=256))
+    assert "flags off: outputs and weights identical" in out and "save -> load: outputs identical" in out
