@@ -14,6 +14,7 @@ from tsattn.injector.codemods import (
     AddClass,
     AddImport,
     AddMethod,
+    Code,
     InsertStatements,
     RewriteImportFrom,
     SetKeyword,
@@ -268,6 +269,17 @@ def test_set_parameter_default():
         run("class M:\n    pass\n", SetParameterDefault, function="M.h", param="a", value=1)
 
 
+def test_set_parameter_default_follows_the_layout_of_the_parameter_list():
+    one_per_line = "def f(\n        self,\n        a: int,\n        b: bool = True\n):\n    pass\n"
+    out = run(run(one_per_line, SetParameterDefault, function="f", param="c", value=None),
+              SetParameterDefault, function="f", param="d", value=1.0)
+    assert out == "def f(\n        self,\n        a: int,\n        b: bool = True,\n        c=None,\n        d=1.0\n):\n    pass\n"
+    check("def f(a,\n      b=1,):\n    pass\n", "def f(a,\n      b=1,\n      c=2,):\n    pass\n",
+          SetParameterDefault, function="f", param="c", value=2)
+    check("def f(a, *args, k=1):\n    pass\n", "def f(a, b=2, *args, k=1):\n    pass\n",
+          SetParameterDefault, function="f", param="b", value=2)
+
+
 def test_insert_statements_after_anchor_then_update_constants():
     source = dedent(MODEL)
     args = dict(scope="Model.__init__", after="self.gpt2 = A.from_pretrained('gpt2', x = True)")
@@ -277,6 +289,92 @@ def test_insert_statements_after_anchor_then_update_constants():
     assert run(out, InsertStatements, statements="self.gpt2.alpha = 2.0\n", **args) == out.replace("1.0", "2.0")
     with pytest.raises(AnchorNotFound, match="statement `x = 1` in Model.__init__"):
         run(source, InsertStatements, scope="Model.__init__", after="x = 1", statements="y = 2\n")
+
+
+CONDITIONAL = """(
+    Other(d, mode={mode},
+          decay=decay or 'none')
+    if use_other
+    else {call}
+)"""
+
+
+def test_wrap_call_in_a_conditional_keeps_its_layout_and_updates_values():
+    source = "class B:\n    def __init__(self, d):\n        self.attn = Std(d, heads=4)\n        self.ffn = F(d)\n"
+    args = dict(scope="B.__init__", target="self.attn", callee="Std", template=CONDITIONAL)
+    out = run(source, WrapCall, **args, values={"mode": "cosine"})
+    assert out == (
+        "class B:\n    def __init__(self, d):\n"
+        "        self.attn = (\n"
+        "            Other(d, mode=\"cosine\",\n"
+        "                  decay=decay or \"none\")\n"
+        "            if use_other\n"
+        "            else Std(d, heads=4)\n"
+        "        )\n"
+        "        self.ffn = F(d)\n")
+    assert run(out, WrapCall, **args, values={"mode": "cosine"}) == out
+    assert run(out, WrapCall, **args, values={"mode": "complex"}) == out.replace('"cosine"', '"complex"')
+    # the wrapped call may change (another edit added a keyword): it is still recognised, not wrapped twice
+    keyed = run(out, SetKeyword, callee="Std", keyword="decay", value=Code("decay"), scope="B.__init__")
+    assert "else Std(d, heads=4, decay=decay)\n" in keyed
+    assert run(keyed, WrapCall, **args, values={"mode": "cosine"}) == keyed
+    for template in ("Other(d)", "Other({call}, {call})"):
+        with pytest.raises(ValueError, match="call"):
+            run(source, WrapCall, scope="B.__init__", target="self.attn", callee="Std", template=template)
+
+
+def test_code_values_are_written_as_expressions():
+    out = run("def f(a):\n    g(a)\n", SetParameterDefault, function="f", param="b", value=Code("math.pi / 2"))
+    assert out == "def f(a, b=math.pi / 2):\n    g(a)\n"
+    out = run("g(a)\nh = 'x'\nk = 'y'\n", SetKeyword, callee="g", keyword="mode", value=Code('m or "none"'))
+    assert out.startswith("g(a, mode=m or 'none')\n")  # the file's quote
+
+
+LOOP = """
+class M:
+    def forward(self, x, flag):
+        x = self.a(x)
+        for i, block in enumerate(self.layers):
+            x = block(x)
+            if flag:
+                x = block(x)
+        return x
+
+    def other(self, x):
+        for block in self.layers:
+            x = block(x)
+"""
+
+
+def test_insert_statements_in_a_nested_block_of_the_scope_only():
+    source = dedent(LOOP)
+    args = dict(scope="M.forward", after="x = block(x)")
+    out = run(source, InsertStatements, statements="# every second block\nif i % 2:\n    x = self.p(x)\n", **args)
+    assert out.count("self.p(x)") == 2  # the loop's body and the nested if's body; not in other()
+    assert ("            x = block(x)\n            # every second block\n            if i % 2:\n"
+            "                x = self.p(x)\n            if flag:\n") in out
+    assert "                x = block(x)\n                # every second block\n" in out
+    assert run(out, InsertStatements, statements="if i % 2:\n    x = self.p(x)\n", **args) == out
+    with pytest.raises(AnchorNotFound, match="statement `x = block\\(x\\)` in M.nope"):
+        run(source, InsertStatements, scope="M.nope", after="x = block(x)", statements="y = 1\n")
+
+
+def test_insert_statements_after_the_last_of_several_anchors_keeps_an_order():
+    source = dedent(LOOP)
+    first = dict(scope="M.forward", after="x = self.a(x)", statements="x = self.mask(x)\n")
+    second = dict(scope="M.forward", after=["x = self.a(x)", "x = self.mask(x)"], statements="x = self.select(x)\n")
+    order = "        x = self.a(x)\n        x = self.mask(x)\n        x = self.select(x)\n        for i"
+    one = run(run(source, InsertStatements, **first), InsertStatements, **second)
+    two = run(run(source, InsertStatements, **second), InsertStatements, **first)
+    assert order in one and one == two
+    # each found again anywhere after the anchor: nothing added, constants updated in place
+    assert run(run(one, InsertStatements, **first), InsertStatements, **second) == one
+    # constants are updated in place, also with other inserted statements between the anchor and them
+    scaled = run(one, InsertStatements, scope="M.forward", after=["x = self.a(x)", "x = self.select(x)"],
+                 statements="x = x * 1.0\n")
+    assert "        x = self.select(x)\n        x = x * 1.0\n        for i" in scaled
+    again = run(scaled, InsertStatements, scope="M.forward", after="x = self.a(x)", statements="x = x * 2.0\n")
+    assert again == scaled.replace("x * 1.0", "x * 2.0")
 
 
 def test_rewrite_import_from_absolute_and_relative():

@@ -1,7 +1,10 @@
 """Bundled examples: look-alikes of the target repositories, for the tests and ``tsattn demo``.
 
 ``calf_lookalike/`` holds a few files of our own with the structure of Hank0626/CALF that the ``calf`` recipes
-edit (see its README). ``lookalike_repo(name, dest)`` copies one into a fresh git repository with one commit;
+edit (see its README); ``wave_transformer_lookalike/`` does the same for Maximilian-Winter/Wave-Transformer (and
+``wave_transformer_lookalike_head/`` overlays the ``core/transformer.py`` of its HEAD on it).
+``lookalike_repo(name, dest, overlay=None)`` copies one (then the overlay's files over it) into a fresh git
+repository with one commit;
 ``offline_gpt2()`` makes ``GPT2Model.from_pretrained`` (and so CALF's ``AccustumGPT2Model.from_pretrained``) build a
 small GPT-2 from ``GPT2Config`` with seeded random weights, so that nothing is downloaded; ``import_from(root,
 name)`` imports a module of such a repository without leaving it in ``sys.modules``.
@@ -14,28 +17,34 @@ import importlib
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 EXAMPLES = Path(__file__).resolve().parent
 CALF_LOOKALIKE = EXAMPLES / "calf_lookalike"
+WAVE_LOOKALIKE = EXAMPLES / "wave_transformer_lookalike"
 
 TINY_GPT2 = dict(n_layer=3, n_embd=32, n_head=4, n_positions=64, vocab_size=64, bos_token_id=0, eos_token_id=0)
 """The GPT-2 size ``offline_gpt2`` builds by default: a few thousand parameters, built in milliseconds."""
 
 
-def lookalike_repo(name: str, dest: Path) -> Path:
-    """Copy the look-alike ``name`` (e.g. ``"calf_lookalike"``) to ``dest`` and commit it in a new git repository."""
+def lookalike_repo(name: str, dest: Path, overlay: Optional[str] = None) -> Path:
+    """Copy the look-alike ``name`` (e.g. ``"calf_lookalike"``) to ``dest``, then the files of the look-alike
+    ``overlay`` over it (e.g. ``"wave_transformer_lookalike_head"``), and commit it in a new git repository."""
     import git
 
-    source = EXAMPLES / name
-    if not source.is_dir():
-        raise ValueError(f"no bundled look-alike {name!r} (have: {', '.join(p.name for p in EXAMPLES.iterdir() if p.is_dir() and not p.name.startswith('_'))})")
+    sources = [EXAMPLES / n for n in (name, overlay) if n is not None]
+    for source in sources:
+        if not source.is_dir():
+            have = ", ".join(p.name for p in EXAMPLES.iterdir() if p.is_dir() and not p.name.startswith("_"))
+            raise ValueError(f"no bundled look-alike {source.name!r} (have: {have})")
     dest = Path(dest)
-    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for i, source in enumerate(sources):
+        shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"), dirs_exist_ok=i > 0)
     repo = git.Repo.init(dest)
     repo.index.add([str(p.relative_to(dest)) for p in sorted(dest.rglob("*")) if p.is_file() and ".git" not in p.parts])
     actor = git.Actor("tsattn", "tsattn@example.invalid")
-    repo.index.commit(f"{name}: look-alike of the upstream repository", author=actor, committer=actor)
+    label = name if overlay is None else f"{name} + {overlay}"
+    repo.index.commit(f"{label}: look-alike of the upstream repository", author=actor, committer=actor)
     return dest
 
 

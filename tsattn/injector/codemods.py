@@ -18,17 +18,21 @@ missing anchor raises ``AnchorNotFound`` naming the file (``context.filename``) 
                                                   in ``target = callee(...)`` inside ``scope``, replace the call
                                                   with ``template`` (a libcst template expression in which
                                                   ``{call}`` is the original call and ``{name}`` the literal
-                                                  ``values[name]``); again: rebuilt around the original call
+                                                  ``values[name]``: a wrapping call, a conditional expression,
+                                                  ...); again: rebuilt around the original call
     SetKeyword(callee, keyword, value, scope=None)
                                                   add or update ``keyword=value`` in calls to ``callee``
     SetParameterDefault(function, param, value)   add or update the default of a parameter of ``function``
     InsertStatements(scope, after, statements)    statements after the statement ``after`` (compared as Python,
-                                                  not text) in ``scope``'s body; updated in place when the same
-                                                  statements with other constants follow it
+                                                  not text; or after the last of several) in ``scope``'s body
+                                                  or a block nested in it (loop, if, with, try); updated in
+                                                  place when the same statements with other constants follow
     RewriteImportFrom(old, new)                   change the module of ``from OLD import ...`` (``.wcmha``,
                                                   ``tsattn.modules.wcmha``) to NEW (``.PowerformerAttention``)
 
-Scopes are dotted names of classes and functions (``"Model.__init__"``; ``""`` is module level). Inserted code
+Values (``value``, ``default``, ``values``) are Python literals, or ``Code("source")`` for an expression written
+as it is (``Code("use_pcca")``: a name, not a string). Scopes are dotted names of classes and functions
+(``"Model.__init__"``; ``""`` is module level). Inserted code
 follows the file: libcst renders new blocks with the module's indentation and newline, and string literals get
 the quote the file uses most (``file_quote``). Untouched code keeps its exact bytes.
 """
@@ -38,6 +42,7 @@ from __future__ import annotations
 import ast
 import io
 import tokenize
+from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import libcst as cst
@@ -53,6 +58,7 @@ __all__ = [
     "AddClass",
     "AddImport",
     "AddMethod",
+    "Code",
     "InsertStatements",
     "NO_VALUE",
     "RewriteImportFrom",
@@ -72,6 +78,14 @@ class _NoValue:
 NO_VALUE: Any = _NoValue()  # "leave this keyword out" (``default`` of AddArgparseArgument)
 
 
+@dataclass(frozen=True)
+class Code:
+    """A value given as Python source: ``Code("use_pcca")`` is written as the expression ``use_pcca``, not as a
+    string. Its string literals take the file's quote."""
+
+    source: str
+
+
 # --- helpers --------------------------------------------------------------------------------------------------
 
 
@@ -87,7 +101,9 @@ def _quoted(text: str, quote: str) -> str:
 
 
 def literal(value: Any, quote: str = '"') -> cst.BaseExpression:
-    """A libcst expression for a Python literal (None, bool, int, float, str, list, tuple, dict)."""
+    """A libcst expression for a Python literal (None, bool, int, float, str, list, tuple, dict) or a ``Code``."""
+    if isinstance(value, Code):
+        return cst.parse_expression(value.source).visit(_MatchQuotes(quote))
     if value is None or isinstance(value, bool):
         return cst.Name(repr(value))
     if isinstance(value, (int, float)):
@@ -147,8 +163,14 @@ class _MatchQuotes(cst.CSTTransformer):
 
 def _parse_snippet(source: str, quote: str) -> cst.Module:
     # Parsed with the default config: its blocks then carry no explicit indentation or newline, so that they
-    # render with the target module's own.
-    return cst.parse_module(source).visit(_MatchQuotes(quote))
+    # render with the target module's own. Comment lines before the first statement (libcst puts them in the
+    # module's header) go with that statement.
+    module = cst.parse_module(source).visit(_MatchQuotes(quote))
+    if module.body and any(line.comment is not None for line in module.header):
+        first = module.body[0]
+        first = first.with_changes(leading_lines=[*module.header, *first.leading_lines])
+        module = module.with_changes(header=[], body=[first, *module.body[1:]])
+    return module
 
 
 def _name(node: Optional[cst.CSTNode]) -> Optional[str]:
@@ -502,9 +524,10 @@ class WrapCall(_Codemod):
     """In ``target = callee(...)`` inside ``scope``, replace the call by ``template``.
 
     ``template`` is a libcst template expression: ``{call}`` stands for the original call, ``{name}`` for the
-    literal ``values[name]``; e.g. ``"New.from_old({call}, alpha=getattr(configs, 'alpha', {alpha}))"``. When the
-    assignment already holds the template's outer call around a ``callee(...)`` call, it is rebuilt around that
-    original call, so new values replace old ones.
+    literal ``values[name]``; e.g. ``"New.from_old({call}, alpha=getattr(configs, 'alpha', {alpha}))"``, or a
+    conditional expression ``"(Other(x) if flag else {call})"`` (its layout is kept as written). When the
+    assignment already holds the template (its constants aside) around one ``callee(...)`` call, it is rebuilt
+    around that original call, so new values replace old ones.
     """
 
     DESCRIPTION = "Replace a constructor call (wrap it in a template expression), or update the wrapper."
@@ -522,9 +545,10 @@ class WrapCall(_Codemod):
         self.target_scope, self.target, self.callee, self.template = scope, target, callee, template
         self.values = dict(values or {})
         probe = self._build(cst.Name(_PLACEHOLDER), '"')
-        if not isinstance(probe, cst.Call) or _PLACEHOLDER not in cst.Module(body=[]).code_for_node(probe):
-            raise ValueError("WrapCall: template must be a call expression that uses {call}")
-        self.outer = _name(probe.func)
+        code = cst.Module(body=[]).code_for_node(probe)
+        if code.count(_PLACEHOLDER) != 1:
+            raise ValueError("WrapCall: template must use {call} exactly once")
+        self.shape = _python(code, blank_constants=True)
         self.found = False
 
     def _build(self, call: cst.BaseExpression, quote: str) -> cst.BaseExpression:
@@ -539,17 +563,22 @@ class WrapCall(_Codemod):
     def _is_call_to(self, node: cst.CSTNode, name: str) -> bool:
         return isinstance(node, cst.Call) and _name(node.func) == name
 
+    def _wrapped_call(self, value: cst.BaseExpression) -> Optional[cst.Call]:
+        """The original call inside ``value`` if ``value`` is the template (constants aside) around it."""
+        calls = [c for c in m.findall(value, m.Call()) if self._is_call_to(c, self.callee)]
+        if len(calls) != 1:
+            return None
+        shape = cst.Module(body=[]).code_for_node(value.deep_replace(calls[0], cst.Name(_PLACEHOLDER)))
+        return calls[0] if _python(shape, blank_constants=True) == self.shape else None
+
     def leave_Assign(self, original_node: cst.Assign, updated_node: cst.Assign) -> cst.Assign:
         if self.scope != self.target_scope or len(updated_node.targets) != 1:
             return updated_node
         if _name(updated_node.targets[0].target) != self.target:
             return updated_node
         value = updated_node.value
-        if self._is_call_to(value, self.callee):
-            inner = value
-        elif self._is_call_to(value, self.outer) and value.args and self._is_call_to(value.args[0].value, self.callee):
-            inner = value.args[0].value
-        else:
+        inner = value if self._is_call_to(value, self.callee) else self._wrapped_call(value)
+        if inner is None:
             return updated_node
         self.found = True
         return updated_node.with_changes(value=self._build(inner, self.quote))
@@ -626,9 +655,16 @@ class SetParameterDefault(_Codemod):
                     items[i] = p.with_changes(default=value, equal=p.equal if p.default is not None else equal)
                     return updated_node.with_changes(params=params.with_changes(**{field: items}))
         items = list(params.params)
-        if items and items[-1].comma is not cst.MaybeSentinel.DEFAULT:
-            items[-1] = items[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
-        items.append(cst.Param(name=cst.Name(self.param), default=value, equal=equal))
+        new = cst.Param(name=cst.Name(self.param), default=value, equal=equal)
+        if items:
+            # The new parameter takes the old last one's place (its trailing comma and the whitespace before what
+            # follows), and the old last one the separator the list uses: one per line stays one per line.
+            last = items[-1]
+            between = items[-2].comma if len(items) > 1 and isinstance(items[-2].comma, cst.Comma) else None
+            between = between.deep_clone() if between is not None else cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+            new = new.with_changes(comma=last.comma, whitespace_after_param=last.whitespace_after_param)
+            items[-1] = last.with_changes(comma=between, whitespace_after_param=cst.SimpleWhitespace(""))
+        items.append(new)
         return updated_node.with_changes(params=params.with_changes(params=items))
 
     def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
@@ -638,50 +674,64 @@ class SetParameterDefault(_Codemod):
 
 
 class InsertStatements(_Codemod):
-    """Insert ``statements`` right after the statement ``after`` in the body of ``scope`` (``""``: module level).
+    """Insert ``statements`` right after the statement ``after`` in the body of ``scope`` (``""``: module level),
+    or in a block nested in it (the body of a loop, ``if``, ``with`` or ``try``; not a nested def or class).
 
-    ``after`` is compared as Python (its AST), so formatting and comments do not matter. If the same statements
-    already follow it, nothing changes; if they follow it with other constants, they are replaced.
+    ``after`` is compared as Python (its AST), so formatting and comments do not matter. A list of statements
+    means after the last of them that the block holds (e.g. after statements another edit may have inserted
+    after the same anchor, so that the order does not depend on which ran first). If the same statements,
+    constants aside, already follow the (first) anchor anywhere in its block, they are updated in place and
+    nothing is added; otherwise they are inserted. Every block of the scope that holds an anchor is edited.
     """
 
     DESCRIPTION = "Insert statements after an anchor statement, or update them."
 
-    def __init__(self, context: CodemodContext, scope: str, after: str, statements: str) -> None:
+    def __init__(self, context: CodemodContext, scope: str, after: Union[str, Sequence[str]], statements: str) -> None:
         super().__init__(context)
-        self.target_scope, self.after_source, self.statements = scope, after.strip(), statements
-        self.after = _python(after)
-        self.count = len(cst.parse_module(statements).body)
+        anchors = [after] if isinstance(after, str) else list(after)
+        if not anchors:
+            raise ValueError("InsertStatements: after must name at least one statement")
+        self.target_scope, self.statements = scope, statements
+        self.after_source = " or ".join(f"`{a.strip()}`" for a in anchors)
+        self.anchors = {_python(a) for a in anchors}
+        # anchors that are simple statements are only compared with simple statements (cheaper)
+        self.simple = all(isinstance(cst.parse_module(a.strip()).body[0], cst.SimpleStatementLine) for a in anchors)
+        snippet = cst.parse_module(statements).body
+        self.count = len(snippet)
+        self.shape = [_python(_code(s), True) for s in snippet]
         self.found = False
+
+    def _is_anchor(self, statement: cst.CSTNode) -> bool:
+        if self.simple and not isinstance(statement, cst.SimpleStatementLine):
+            return False
+        return _python(_code(statement)) in self.anchors
 
     def _edit(self, body: Sequence[cst.CSTNode]) -> List[cst.CSTNode]:
         body = list(body)
-        for i, statement in enumerate(body):
-            if _python(_code(statement)) != self.after:
-                continue
-            self.found = True
-            new = list(_parse_snippet(self.statements, self.quote).body)
-            following = body[i + 1 : i + 1 + self.count]
-            same = len(following) == self.count and all(
-                _python(_code(a), True) == _python(_code(b), True) for a, b in zip(following, new)
-            )
-            if same:
-                new = [n.with_changes(leading_lines=f.leading_lines) for n, f in zip(new, following)]
-                return body[: i + 1] + new + body[i + 1 + self.count :]
-            return body[: i + 1] + new + body[i + 1 :]
-        return body
+        at = [i for i, statement in enumerate(body) if self._is_anchor(statement)]
+        if not at:
+            return body
+        self.found = True
+        new = list(_parse_snippet(self.statements, self.quote).body)
+        shapes = [_python(_code(s), True) for s in body[at[0] + 1 :]]
+        for j in range(len(shapes) - self.count + 1):
+            if shapes[j : j + self.count] == self.shape:
+                i = at[0] + 1 + j
+                new = [n.with_changes(leading_lines=old.leading_lines) for n, old in zip(new, body[i : i + self.count])]
+                return body[:i] + new + body[i + self.count :]
+        return body[: at[-1] + 1] + new + body[at[-1] + 1 :]
 
-    def leave_FunctionDef(self, original_node: cst.FunctionDef, updated_node: cst.FunctionDef) -> cst.FunctionDef:
-        if self.scope == self.target_scope and isinstance(updated_node.body, cst.IndentedBlock):
-            block = updated_node.body
-            updated_node = updated_node.with_changes(body=block.with_changes(body=self._edit(block.body)))
-        return super().leave_FunctionDef(original_node, updated_node)
+    def leave_IndentedBlock(self, original_node: cst.IndentedBlock, updated_node: cst.IndentedBlock) -> cst.IndentedBlock:
+        if self.scope != self.target_scope:
+            return updated_node
+        return updated_node.with_changes(body=self._edit(updated_node.body))
 
     def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
         if self.target_scope == "":
             updated_node = updated_node.with_changes(body=self._edit(updated_node.body))
         if not self.found:
             where = self.target_scope or "module level"
-            raise AnchorNotFound(self.path, f"statement `{self.after_source}` in {where}")
+            raise AnchorNotFound(self.path, f"statement {self.after_source} in {where}")
         return updated_node
 
 

@@ -68,7 +68,7 @@ register_kind(TargetKind(
 register_kind(TargetKind(
     "wave_transformer", "Maximilian-Winter/Wave-Transformer: transformer over wave (harmonic) representations",
     (Fingerprint("src/wave_transformer/core/wave_transformer.py", ("WaveTransformer",)),
-     Fingerprint("src/wave_transformer/core/transformer.py")),
+     Fingerprint("src/wave_transformer/core/transformer.py", ("MultiQueryFlashAttention", "TransformerParallelBlock"))),
 ))
 
 
