@@ -208,9 +208,14 @@ def check_onnx_io(model, spec: ExportSpec) -> List[str]:
     return renames
 
 
-def export_torchscript(module: nn.Module, example: Tuple[torch.Tensor, ...], path: Path) -> None:
+def export_torchscript(module: nn.Module, example: Tuple[torch.Tensor, ...], path: Path,
+                       freeze: bool = False) -> None:
+    """``torch.jit.trace`` at ``example``, saved to ``path``; ``freeze``: only the weights the graph uses, inlined
+    (``torch.jit.freeze`` without its numerics-changing optimisations)."""
     with _quiet():
         traced = torch.jit.trace(module, example, check_trace=False)
+        if freeze:
+            traced = torch.jit.freeze(traced.eval(), optimize_numerics=False)
         torch.jit.save(traced, str(path))
 
 
@@ -439,7 +444,7 @@ def export(
             files["torchscript"] = FILE_NAMES["torchscript"].format(graph=spec.graph)
             path = tmp / files["torchscript"]
             with torch.no_grad():
-                export_torchscript(module, example, path)
+                export_torchscript(module, example, path, freeze=spec.torchscript_freeze)
             backends["torchscript"] = torchscript_runner(path)
             bar.update()
         bar.set_description(f"{spec.name}: parity")

@@ -75,6 +75,9 @@ class ExportSpec:
     size per symbolic input dim (default 1; a cache's past dim allows 0). make_inputs: ``(sizes, generator) ->
     tuple of tensors`` in graph-input order, when random normals (floats) or small integers do not fit.
     exporter: the ONNX exporter this model prefers (``--exporter`` overrides). atol: parity tolerance.
+    torchscript_freeze: save the traced module frozen (``torch.jit.freeze(..., optimize_numerics=False)``): the
+    weights the graph uses become constants and the module's unused ones are dropped (a target whose forward
+    computes outputs that are not exported, e.g. CALF's text branch, would otherwise ship all of them).
     """
 
     name: str
@@ -90,6 +93,7 @@ class ExportSpec:
     exporter: str = "dynamo"
     graph: str = "model"
     atol: float = 1e-4
+    torchscript_freeze: bool = False
 
     @property
     def graph_inputs(self) -> List[TensorSpec]:
