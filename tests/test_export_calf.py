@@ -47,7 +47,7 @@ def repos(tmp_path_factory):
     base = lookalike_repo("calf_lookalike", root / "base")
     patched = lookalike_repo("calf_lookalike", root / "patched")
     engine.inject(patched, "wcmha", options={"alpha": 0.5}, patch_out=root / "p.patch")
-    return types.SimpleNamespace(base=base, patched=patched)
+    return types.SimpleNamespace(base=base, patched=patched, patch=root / "p.patch")
 
 
 def _run(argv, capsys):
@@ -236,7 +236,26 @@ def test_checkpoint_refusals(repos, trained, tmp_path, capsys):
     rc, _, err = _run(target + ["--checkpoint", good, "--config", json.dumps(dict(RUN, gpt2=GPT2)),
                                 "--set", "seq_len=24"], capsys)
     assert rc == 4 and "does not fit the model" in err and "time_in.weight" in err
+    rc, _, err = _run(target + ["--checkpoint", good, "--config", json.dumps(dict(RUN, gpt2=GPT2)),
+                                "--set", "text_branch=true"], capsys)
+    assert rc == 2 and "give its word_embedding_path" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_patch_applied_by_hand_is_exported_with_the_models_own_values(repos, tmp_path, capsys):
+    import shutil
+
+    repo = tmp_path / "calf"
+    shutil.copytree(repos.base, repo)
+    subprocess.run(["git", "apply", str(repos.patch)], cwd=repo, check=True)  # no injection record
+    out = tmp_path / "o"
+    rc, _, err = _run(["--target", repo, "--feature", "wcmha", "--out", out, *FAST, "--format", "onnx"], capsys)
+    assert rc == 0, err
+    src = load_manifest(out).source
+    assert src["options"] is None and src["options_from"].startswith("no injection record")
+    assert src["wcmha"]["alpha"] == [0.5, 0.5]  # the patch's default, read from the built model
+    assert src["upstream_commit"] == src["head"] == _head(repo)
+    assert sorted(src["dirty"]) == []  # the patched files are the injection's own
 
 
 @pytest.mark.parametrize("argv,match", [

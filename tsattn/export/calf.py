@@ -197,14 +197,29 @@ class CALFExportConfig:
 
 class CALFForecast(nn.Module):
     """CALF's ``forward`` reduced to the exported outputs: ``forward(x (B, seq_len, M))`` returns
-    ``model(x)[key]`` (B, pred_len, M) for each of ``keys`` (a tensor for one key, a tuple for several)."""
+    ``model(x)[key]`` (B, pred_len, M) for each of ``keys`` (a tensor for one key, a tuple for several).
+
+    Wrap the model before its first forward. Upstream's ``Encoder_PCA`` (``model.in_layer``) keeps its word
+    embedding as a plain attribute that its forward replaces by a copy repeated to the batch, re-repeating only
+    when the batch changes: a trace would then see a constant of the traced batch and a Python comparison with
+    it, and the dynamo exporter specialises ``batch`` (observed on upstream CALF: "input 'x' dim 0 ('batch') was
+    specialised to 3"). So every call first puts back the 2-D original: each call, eager or traced, takes the
+    ``repeat(B, 1, 1)`` path, which gives the same values and keeps ``batch`` symbolic.
+    """
 
     def __init__(self, model: nn.Module, keys: Tuple[str, ...] = ("outputs_time",)) -> None:
         super().__init__()
         self.model = model
         self.keys = tuple(keys)
+        cached = getattr(getattr(model, "in_layer", None), "word_embedding", None)
+        if isinstance(cached, torch.Tensor) and cached.dim() != 2:
+            raise ValueError("CALFForecast: wrap the model before its first forward (in_layer.word_embedding is "
+                             "already repeated to a batch)")
+        self._word_embedding = cached if isinstance(cached, torch.Tensor) else None
 
     def forward(self, x: torch.Tensor):
+        if self._word_embedding is not None:
+            self.model.in_layer.word_embedding = self._word_embedding
         out = self.model(x)
         if len(self.keys) == 1:
             return out[self.keys[0]]
@@ -227,9 +242,9 @@ def calf_spec(config: CALFExportConfig, n_positions: int) -> ExportSpec:
                           f"{example['channels']}; use a larger gpt2 n_positions or --set enc_in=N")
     if config.enc_in is not None:
         parity = ({"batch": 1}, {"batch": 2}, {"batch": 5})
-    else:  # one channel, a few, and the most the GPT-2 takes (capped to stay cheap)
+    else:  # one channel, a few, more, and the most the GPT-2 takes (capped at 128 to stay cheap)
         parity = ({"batch": 1, "channels": 1}, {"batch": 2, "channels": min(2, n_positions)},
-                  {"batch": 4, "channels": min(n_positions, 16)})
+                  {"batch": 4, "channels": min(n_positions, 16)}, {"batch": 1, "channels": min(n_positions, 128)})
     parity = tuple(p for p in parity if any(p[d] != example[d] for d in dims))
     exported = {"forecast": "CALF's outputs_time: the time branch (GPT-2 with WCMHA), what CALF forecasts with"}
     if config.text_branch:
@@ -240,6 +255,7 @@ def calf_spec(config: CALFExportConfig, n_positions: int) -> ExportSpec:
         outputs=tuple(outputs),
         example_sizes=example,
         parity_sizes=parity,
+        dim_max={} if config.enc_in is not None else {"channels": n_positions},
         torchscript_freeze=True,
         task={
             "kind": "forecast",
@@ -272,6 +288,19 @@ def _transformers_hint(exc: BaseException, where: str) -> str:
                 f"inside CALF's forward even though only outputs_time is exported. Run tsattn-export in CALF's own "
                 f"environment (CALF pins transformers 4.30.1)")
     return ""
+
+
+def _stack_versions() -> Dict[str, Optional[str]]:
+    """Versions of the target's own stack (the manifest's ``versions`` covers tsattn, torch and ONNX)."""
+    import importlib.metadata as metadata
+
+    out: Dict[str, Optional[str]] = {}
+    for name in ("transformers", "peft", "einops"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 def _time_branch_attention(model: nn.Module) -> List[nn.Module]:
@@ -326,6 +355,9 @@ def build_calf_export(repo: Path, feature: str, options: Mapping[str, Any], chec
     fields.update(options)
     config = CALFExportConfig.from_options(fields, with_checkpoint=checkpoint is not None)
     gpt2 = config.gpt2_config()
+    if config.text_branch and checkpoint is not None and config.word_embedding_path is None:
+        raise TargetError("text_branch with --checkpoint: the text branch reads the run's word embedding, which CALF "
+                          "does not save in its checkpoints; give its word_embedding_path")
 
     module = target.import_module("models.CALF")
     with tempfile.TemporaryDirectory(prefix="tsattn-calf-") as tmp:
@@ -358,8 +390,9 @@ def build_calf_export(repo: Path, feature: str, options: Mapping[str, Any], chec
     keys = ("outputs_time", "outputs_text") if config.text_branch else ("outputs_time",)
     probe_sizes = {"batch": 2, "channels": config.enc_in or 3}
     probe = torch.randn(2, config.seq_len, probe_sizes["channels"], generator=torch.Generator().manual_seed(seed))
+    exported = CALFForecast(model, keys).eval()  # before any forward: see its docstring
     with target_code("running CALF's forward", target.root, _transformers_hint), torch.no_grad(), quiet():
-        before = CALFForecast(model, keys)(probe)
+        before = exported(probe)
     before = before if isinstance(before, tuple) else (before,)
     expected = (2, config.pred_len, probe_sizes["channels"])
     if any(tuple(t.shape) != expected for t in before):
@@ -376,7 +409,7 @@ def build_calf_export(repo: Path, feature: str, options: Mapping[str, Any], chec
         with target_code("merging LoRA into the time branch", target.root), quiet():
             model.gpt2 = peft_model.merge_and_unload()
         with torch.no_grad():
-            after = CALFForecast(model, keys)(probe)
+            after = exported(probe)
         after = after if isinstance(after, tuple) else (after,)
         diff = max(float((a - b).abs().max()) for a, b in zip(after, before))
         if not diff <= MERGE_TOL:
@@ -402,5 +435,6 @@ def build_calf_export(repo: Path, feature: str, options: Mapping[str, Any], chec
         lora=lora,
         wcmha=wcmha,
         word_embedding=word_info,
+        stack=_stack_versions(),
     )
-    return Exportable(CALFForecast(model, keys).eval(), spec, source)
+    return Exportable(exported, spec, source)

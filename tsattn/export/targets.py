@@ -9,8 +9,8 @@ nothing of the target's stack. What every builder shares is here:
 - ``open_patched(repo, kind, feature)`` checks that the clone carries the injection (every file the recipe adds
   is there; else ``TargetError``: "run tsattn-inject first") and reads the injector's record
   ``.git/tsattn/<kind>-<feature>.json`` (its options and upstream commit; without a record, e.g. after a bare
-  ``git apply``, the recipe's defaults, and ``options_from`` says so). ``PatchedTarget.source(...)`` is the
-  manifest's ``source`` entry.
+  ``git apply``, no options, and ``options_from`` says so: the builder reports what the built model uses).
+  ``PatchedTarget.source(...)`` is the manifest's ``source`` entry.
 - ``PatchedTarget.import_module(name)`` imports a module of the clone as the target's own scripts do (the
   clone's root first on ``sys.path``) without leaving it in ``sys.modules`` (``tsattn.examples.import_from``).
 - ``target_code(what, ...)``: run the target's own code (building its model, a first forward) and turn its
@@ -62,7 +62,8 @@ class TargetEntry:
 class PatchedTarget:
     """A clone that carries the injection of ``feature``; see ``open_patched``.
 
-    ``options``: the injection's options (the record's, else the recipe's defaults; ``options_from`` says which).
+    ``options``: the injection's options from the injector's record; None without one (a patch applied with
+    ``git apply`` leaves none: the builder reports what the built model uses instead); ``options_from`` says which.
     ``upstream_commit``: the commit the injection was made on (the record's), else HEAD; ``head``: HEAD now
     (differs when the patched files were committed); both None outside a git work tree. ``dirty``: files with
     uncommitted changes other than the injection's own.
@@ -71,7 +72,7 @@ class PatchedTarget:
     root: Path
     kind: str
     feature: str
-    options: Dict[str, Any]
+    options: Optional[Dict[str, Any]]
     options_from: str
     upstream_commit: Optional[str]
     head: Optional[str]
@@ -88,7 +89,8 @@ class PatchedTarget:
     def source(self, **extra: Any) -> Dict[str, Any]:
         """The manifest's ``source``: kind, target, repo, upstream_commit, head, feature, options (+ ``extra``)."""
         return {"kind": "target", "target": self.kind, "repo": str(self.root), "upstream_commit": self.upstream_commit,
-                "head": self.head, "dirty": list(self.dirty), "feature": self.feature, "options": dict(self.options),
+                "head": self.head, "dirty": list(self.dirty), "feature": self.feature,
+                "options": None if self.options is None else dict(self.options),
                 "options_from": self.options_from, **extra}
 
 
@@ -110,7 +112,11 @@ def open_patched(repo: Path, kind: str, feature: str) -> PatchedTarget:
         raise TargetError(
             f"target {kind} ({root}) is not patched with {feature}: {', '.join(missing)} missing. Run "
             f"`tsattn-inject --target {root} --feature {feature}` first (or `git apply` its patch)")
-    options, options_from, commit, head, dirty = recipe.resolve(), "recipe defaults (no injection record)", None, None, ()
+    options: Optional[Dict[str, Any]] = None
+    options_from = ("no injection record (a patch applied by hand?): the exported model's own values are in the "
+                    "spec's entries (CALF: wcmha)")
+    commit = head = None
+    dirty: Tuple[str, ...] = ()
     try:
         import git
 
@@ -127,7 +133,7 @@ def open_patched(repo: Path, kind: str, feature: str) -> PatchedTarget:
             options = recipe.resolve(state.get("options") or {})
             options_from = f"injection record {state_path(git_repo, recipe)}"
             commit = state.get("upstream_commit")
-        ours = set(state["files"]) if state else ({e.path for e in recipe.edits(options)}
+        ours = set(state["files"]) if state else ({e.path for e in recipe.edits(recipe.resolve())}
                                                   | {t.dest for t in recipe.templates})
         changed = git_repo.git.status("--porcelain=v1", "--untracked-files=all").splitlines()
         dirty = tuple(sorted(line[3:] for line in changed if line[3:] not in ours))
