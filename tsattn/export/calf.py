@@ -21,8 +21,11 @@ with transformers >= 5: export upstream CALF in CALF's own environment (it pins 
 GPT-2's ``n_positions``: one position per channel); ``--set enc_in=N`` fixes it. Upstream's ``Encoder_PCA``
 runs ``nn.TransformerEncoder`` over channels, and torch's legacy ONNX exporter bakes ``nn.MultiheadAttention``'s
 sequence length into a Reshape: with ``--exporter legacy`` upstream CALF needs ``enc_in`` (parity fails otherwise,
-exit 3); the default dynamo exporter keeps channels dynamic. ``seq_len`` and ``pred_len`` are fixed by the
-weights (``Encoder_PCA``'s input layer and ``out_layer``).
+exit 3); the default dynamo exporter keeps channels dynamic. With ``text_branch=true`` upstream CALF needs
+``enc_in`` with either exporter: its transformers-4.30 text GPT-2 makes torch.export guard channels != n_positions
+(a contiguity check on a slice of an n_positions-sized tensor, most likely its causal-mask buffer), torch.export
+fails, and the exporter's fallback capture specialises batch (exit 3). ``seq_len`` and ``pred_len`` are fixed by
+the weights (``Encoder_PCA``'s input layer and ``out_layer``).
 
 **Weights.** Without ``--checkpoint`` every weight is random, and the manifest says so (``source.weights``): the
 GPT-2s come from ``GPT2Config`` (``from_pretrained('gpt2')`` is replaced, as in the tests, by

@@ -201,7 +201,9 @@ def check_onnx_io(model, spec: ExportSpec) -> List[str]:
                 if has_value:
                     raise GraphContractError(
                         f"{kind} {want.name!r} dim {axis} ({w!r}) was specialised to {dim.dim_value} by the "
-                        f"exporter; it must stay symbolic (was it traced at size 0 or 1, or equal to another dim?)")
+                        f"exporter; it must stay symbolic (was it traced at size 0 or 1, or equal to another dim? With "
+                        f"dynamo: did torch.export fail, so that the exporter fell back to a capture that specialises? "
+                        f"-v shows why)")
                 if dim.dim_param != w:
                     if kind == "input" or w in input_dims:
                         raise GraphContractError(f"{kind} {want.name!r} dim {axis} is named {dim.dim_param!r}; the "
