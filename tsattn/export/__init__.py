@@ -4,7 +4,9 @@
                    the runtime reads exports without torch)
     spec.py        ExportSpec (declarative, in the manner of optimum's OnnxConfig), Exportable, FlatCache
     models.py      export specs and builders of the bundled models (MODELS: reference)
-    targets.py     export specs of patched target repositories (TARGETS; filled as recipes land)
+    targets.py     registry of patched-target export specs (TARGETS) and what their builders share
+                   (open_patched, PatchedTarget, target_code, TargetError)
+    calf.py        the CALF wcmha spec: x (batch, seq_len, channels) -> forecast = CALF's outputs_time, stateless
     checkpoint.py  torch.load(weights_only=True) or refusal
     exporter.py    the one export loop: trace, check the graph's contract, parity, manifest, atomic rename
     cli.py         tsattn-export

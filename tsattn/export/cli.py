@@ -26,7 +26,15 @@ examples:
   tsattn-export --model reference --out /tmp/small --set d_model=64 --set n_layers=2 --format onnx --json
   tsattn-export --model reference --out /tmp/ref --exporter legacy --opset 17
   tsattn-export --target ./CALF --feature wcmha --out exported_models/calf-wcmha
+  tsattn-export --target ./CALF --feature wcmha --out /tmp/calf --checkpoint checkpoint.pth \\
+      --config '{{"seq_len": 96, "pred_len": 96, "gpt_layers": 6, "r": 8, "lora_alpha": 32}}'
+  tsattn-export --target ./CALF --feature wcmha --out /tmp/calf --set enc_in=7 --exporter legacy
   tsattn-export --list
+
+Model options come from --config (a JSON object, or a .json file holding one) and then --set KEY=VALUE (JSON
+values), which overrides it. A target's options are its model's arguments (CALF: the names of its run.py, e.g.
+seq_len, pred_len, gpt_layers, r, lora_alpha; see the README). Without --checkpoint every weight is random (the
+manifest's source says so); a target's GPT-2 is then built from GPT2Config, nothing is downloaded.
 
 The export directory holds <graph>.onnx, <graph>.pt (TorchScript) and manifest.json (files with sha256, graph
 inputs/outputs with symbolic dims, the KV-cache spec, parity results, versions); see exported_models/README.md.
@@ -36,7 +44,8 @@ exit codes:
   0  exported, every parity check within tolerance
   1  internal error (a traceback is printed)
   2  usage error: bad arguments or model options, unknown model, --out not empty (see --overwrite), missing
-     checkpoint file, or no export spec for the target/feature
+     checkpoint file, no export spec for the target/feature, a target that is not patched with the feature, or
+     a target whose own code fails to build or run the model (the message names its file and line)
   {EXIT_PARITY}  parity failure (an output differs from eager beyond the tolerance) or the exported graph breaks
      its spec (e.g. a dim the exporter specialised); the failing output and error are printed, nothing is written
   {EXIT_CHECKPOINT}  checkpoint refused: it needs arbitrary unpickling (torch.load(weights_only=True) fails), is
@@ -51,8 +60,27 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def _options(pairs: Sequence[str], max_context: Optional[str]) -> Dict[str, Any]:
-    options: Dict[str, Any] = {}
+def _config(text: Optional[str]) -> Dict[str, Any]:
+    """``--config``: a JSON object, or the path of a file holding one."""
+    if text is None:
+        return {}
+    stripped = text.strip()
+    if not stripped.startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise ValueError(f"--config expects a JSON object or a .json file; {text!r} is neither")
+        stripped = path.read_text()
+    try:
+        value = json.loads(stripped)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--config: invalid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--config: expected a JSON object; got {type(value).__name__}")
+    return value
+
+
+def _options(pairs: Sequence[str], max_context: Optional[str], config: Optional[str] = None) -> Dict[str, Any]:
+    options: Dict[str, Any] = _config(config)
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
@@ -90,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "unless --overwrite)")
     parser.add_argument("--checkpoint", metavar="PATH", type=Path,
                         help="weights, loaded with torch.load(weights_only=True); default: random weights (--seed)")
+    parser.add_argument("--config", metavar="JSON",
+                        help="model options as a JSON object or a .json file (--set overrides them)")
     parser.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="options",
                         help="a model option (repeatable; JSON values), e.g. --set d_model=64 --set decay=step")
     parser.add_argument("--max-context", metavar="N",
@@ -130,6 +160,15 @@ def _report(manifest, out) -> None:
     for f in manifest.files:
         print(f"  {f.path:20s} {f.bytes:>10d} bytes  sha256 {f.sha256[:16]}...", file=out)
     print(f"  {'manifest.json':20s}", file=out)
+    src = manifest.source
+    if src.get("kind") == "target":
+        commit = (src.get("upstream_commit") or "?")[:12]
+        print(f"source: {src.get('target')} {src.get('repo')} (upstream {commit}), feature {src.get('feature')} "
+              f"{src.get('options')}; exported {', '.join(src.get('exported') or [])}", file=out)
+    if src.get("weights"):
+        print(f"weights: {src['weights']}", file=out)
+    if manifest.cache is None:
+        print("cache: none (stateless graph)", file=out)
     if manifest.cache is not None:
         c = manifest.cache
         print(f"cache: {c.layers} layers x (key, value), each (batch, {c.kv_heads}, length, {c.head_dim}), "
@@ -163,7 +202,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if bad or not formats:
         parser.error(f"--format: expected a comma-separated subset of {','.join(FORMATS)}; got {args.format!r}")
     try:
-        options = _options(args.options, args.max_context)
+        options = _options(args.options, args.max_context, args.config)
         check_out_dir(args.out, args.overwrite)
         if args.checkpoint is not None and not args.checkpoint.is_file():
             raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file")
@@ -184,6 +223,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         traceback.print_exc()
         return EXIT_INTERNAL
 
+    weights = exportable.source.get("weights")
+    if isinstance(weights, str) and weights.startswith("random"):
+        log.warning("weights are %s", weights)
     exporter = args.exporter or exportable.spec.exporter
     if "onnx" in formats and not MIN_OPSET <= args.opset <= max_opset(exporter):
         parser.error(f"--opset must be between {MIN_OPSET} and {max_opset(exporter)} with the {exporter} exporter; "

@@ -99,17 +99,20 @@ def _quiet():
     """Exporters print progress to stdout and warn about their own deprecations and optional packages (e.g.
     torchvision): keep stdout for results and stderr for what the user needs (``-v`` shows it all)."""
     verbose = log.isEnabledFor(logging.DEBUG)
-    torch_onnx_log = logging.getLogger("torch.onnx")
-    level = torch_onnx_log.level
+    # torch.onnx, and the graph passes of onnx_ir and onnxscript (they log each rewrite at INFO)
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnx_ir", "onnxscript")]
+    levels = [logger.level for logger in loggers]
     with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
         if not verbose:
-            torch_onnx_log.setLevel(logging.ERROR)
+            for logger in loggers:
+                logger.setLevel(logging.ERROR)
             for category in (DeprecationWarning, FutureWarning, UserWarning, torch.jit.TracerWarning):
                 warnings.simplefilter("ignore", category)
         try:
             yield
         finally:
-            torch_onnx_log.setLevel(level)
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
 
 
 def export_onnx(module: nn.Module, example: Tuple[torch.Tensor, ...], spec: ExportSpec, path: Path, opset: int,
@@ -125,7 +128,8 @@ def export_onnx(module: nn.Module, example: Tuple[torch.Tensor, ...], spec: Expo
                               output_names=names_out, dynamic_axes={k: v for k, v in axes.items() if v},
                               do_constant_folding=True)
         elif exporter == "dynamo":
-            dims = {d: torch.export.Dim(d, min=spec.dim_min.get(d, 1)) for d in spec.input_dims}
+            dims = {d: torch.export.Dim(d, min=spec.dim_min.get(d, 1), max=spec.dim_max.get(d))
+                    for d in spec.input_dims}
             shapes = tuple({i: dims[d] for i, d in enumerate(t.shape) if isinstance(d, str)} or None for t in inputs)
             shapes = _match_signature(module, shapes)
             try:
@@ -197,7 +201,9 @@ def check_onnx_io(model, spec: ExportSpec) -> List[str]:
                 if has_value:
                     raise GraphContractError(
                         f"{kind} {want.name!r} dim {axis} ({w!r}) was specialised to {dim.dim_value} by the "
-                        f"exporter; it must stay symbolic (was it traced at size 0 or 1, or equal to another dim?)")
+                        f"exporter; it must stay symbolic (was it traced at size 0 or 1, or equal to another dim? With "
+                        f"dynamo: did torch.export fail, so that the exporter fell back to a capture that specialises? "
+                        f"-v shows why)")
                 if dim.dim_param != w:
                     if kind == "input" or w in input_dims:
                         raise GraphContractError(f"{kind} {want.name!r} dim {axis} is named {dim.dim_param!r}; the "
@@ -208,9 +214,14 @@ def check_onnx_io(model, spec: ExportSpec) -> List[str]:
     return renames
 
 
-def export_torchscript(module: nn.Module, example: Tuple[torch.Tensor, ...], path: Path) -> None:
+def export_torchscript(module: nn.Module, example: Tuple[torch.Tensor, ...], path: Path,
+                       freeze: bool = False) -> None:
+    """``torch.jit.trace`` at ``example``, saved to ``path``; ``freeze``: only the weights the graph uses, inlined
+    (``torch.jit.freeze`` without its numerics-changing optimisations)."""
     with _quiet():
         traced = torch.jit.trace(module, example, check_trace=False)
+        if freeze:
+            traced = torch.jit.freeze(traced.eval(), optimize_numerics=False)
         torch.jit.save(traced, str(path))
 
 
@@ -439,7 +450,7 @@ def export(
             files["torchscript"] = FILE_NAMES["torchscript"].format(graph=spec.graph)
             path = tmp / files["torchscript"]
             with torch.no_grad():
-                export_torchscript(module, example, path)
+                export_torchscript(module, example, path, freeze=spec.torchscript_freeze)
             backends["torchscript"] = torchscript_runner(path)
             bar.update()
         bar.set_description(f"{spec.name}: parity")

@@ -12,10 +12,16 @@ Schema (``manifest_version`` 1)::
       "name": "reference",                              model name
       "created": "2025-01-01T00:00:00Z",
       "source": {"kind": "reference", "config": {...}, "seed": 0, "checkpoint": null | {"path", "sha256"}}
-             or {"kind": "target", "target": "calf", "repo": ..., "upstream_commit": ..., "feature": ...,
-                 "options": {...}, "checkpoint": ...},
+             or {"kind": "target", "target": "calf", "repo": ..., "upstream_commit": ..., "head": ...,
+                 "dirty": [...], "feature": ..., "options": {...}, "options_from": ..., "checkpoint": ...,
+                 "weights": "checkpoint" | "random (seed N): ...", "seed": ..., ...},   (a target spec adds its
+                 own entries, e.g. CALF: model, exported, config, gpt2, lora, wcmha, word_embedding, stack)
       "task": {"kind": "streaming_forecast", "input": "values", "output": "forecast", "sequence_dim": "seq",
-               "horizon": 24, ...},                     what a runtime needs to drive the graphs
+               "horizon": 24, ...}                      a causal graph with a cache (call it step by step)
+           or {"kind": "forecast", "stateless": true, "input": "x", "output": "forecast", "layout": [...],
+               "context": 96, "horizon": 96, "channels": null | N, ...}
+                                                        a stateless graph (cache null): one call per window;
+                                                        what a runtime needs to drive the graphs
       "exporter": "dynamo" | "legacy", "opset": 18,
       "files": [{"path": "model.onnx", "format": "onnx", "graph": "model", "bytes": 123, "sha256": "..."}, ...],
       "graphs": {"model": {"files": {"onnx": "model.onnx", "torchscript": "model.pt"},

@@ -72,9 +72,13 @@ class ExportSpec:
     name: the model's name in the manifest. task: what a runtime needs to drive the graph (kind, which input and
     output carry the series, ...; copied into the manifest). example_sizes: sizes to trace at (one per symbolic
     input dim). parity_sizes: two or more other size sets to compare backends with eager at. dim_min: smallest
-    size per symbolic input dim (default 1; a cache's past dim allows 0). make_inputs: ``(sizes, generator) ->
+    size per symbolic input dim (default 1; a cache's past dim allows 0). dim_max: largest size per symbolic input
+    dim where the model has one (e.g. a position table; default unbounded), given to torch.export. make_inputs: ``(sizes, generator) ->
     tuple of tensors`` in graph-input order, when random normals (floats) or small integers do not fit.
     exporter: the ONNX exporter this model prefers (``--exporter`` overrides). atol: parity tolerance.
+    torchscript_freeze: save the traced module frozen (``torch.jit.freeze(..., optimize_numerics=False)``): the
+    weights the graph uses become constants and the module's unused ones are dropped (a target whose forward
+    computes outputs that are not exported, e.g. CALF's text branch, would otherwise ship all of them).
     """
 
     name: str
@@ -85,11 +89,13 @@ class ExportSpec:
     cache: Optional[CacheSpec] = None
     task: Mapping[str, Any] = field(default_factory=dict)
     dim_min: Mapping[str, int] = field(default_factory=dict)
+    dim_max: Mapping[str, int] = field(default_factory=dict)
     stepwise: Optional[StepwiseCheck] = None
     make_inputs: Optional[Callable[[Sizes, torch.Generator], Tuple[Tensor, ...]]] = None
     exporter: str = "dynamo"
     graph: str = "model"
     atol: float = 1e-4
+    torchscript_freeze: bool = False
 
     @property
     def graph_inputs(self) -> List[TensorSpec]:
@@ -143,6 +149,12 @@ class ExportSpec:
             low = [d for d in dims if sizes[d] < self.dim_min.get(d, 1)]
             if low:
                 raise SpecError(f"{self.name}: parity sizes {dict(sizes)} go below dim_min for {low}")
+            high = [d for d in dims if d in self.dim_max and sizes[d] > self.dim_max[d]]
+            if high:
+                raise SpecError(f"{self.name}: parity sizes {dict(sizes)} go above dim_max for {high}")
+        high = [d for d in dims if d in self.dim_max and self.example_sizes[d] > self.dim_max[d]]
+        if high:
+            raise SpecError(f"{self.name}: example sizes go above dim_max for {high}")
         if self.stepwise is not None:
             if self.cache is None:
                 raise SpecError(f"{self.name}: a stepwise check needs a cache")
