@@ -7,6 +7,21 @@ module name when the recipe renames a file.
 """
 
 from .wcmha import DECAY_TYPES, DecayBias, GroupedQueryAttention, WCMHA, decay_values, decayed_attention, dense_bias
+from .efficient_attention import (
+    ATTENTION_KWARGS,
+    ATTENTION_TYPES,
+    AttentionPattern,
+    ChunkedAttention,
+    FeaturewiseAttention,
+    FlashAttention,
+    LocalAttention,
+    SparseAttention,
+    StandardAttention,
+    WeightedCausalAttention,
+    benchmark_attention_mechanisms,
+    make_attention,
+    pattern_attention,
+)
 
 __all__ = [
     "DECAY_TYPES",
@@ -16,4 +31,17 @@ __all__ = [
     "decay_values",
     "decayed_attention",
     "dense_bias",
+    "ATTENTION_KWARGS",
+    "ATTENTION_TYPES",
+    "AttentionPattern",
+    "ChunkedAttention",
+    "FeaturewiseAttention",
+    "FlashAttention",
+    "LocalAttention",
+    "SparseAttention",
+    "StandardAttention",
+    "WeightedCausalAttention",
+    "benchmark_attention_mechanisms",
+    "make_attention",
+    "pattern_attention",
 ]
