@@ -112,6 +112,13 @@ class AttentionPattern:
         """Queries per block: one chunk, or ``block_size``."""
         return self.chunk_size if self.chunk_size is not None else block_size
 
+    def block_key(self, s: int, e: int, segments: List[Tuple[int, int, int]]) -> Tuple:
+        """Blocks with equal keys have equal masks (and decay biases): the mask depends on positions only through
+        dt = i - j, j mod stride and i mod chunk_size, so the key is the block's segments relative to s plus s
+        modulo those."""
+        return (e - s, tuple((lo - s, hi - s, st) for lo, hi, st in segments), s % (self.stride or 1),
+                s % (self.chunk_size or 1))
+
     def key_segments(self, s: int, e: int, length: int) -> List[Tuple[int, int, int]]:
         """Key positions the queries [s, e) may see, as slices (start, stop, step) in increasing position order."""
         lo, hi = 0, (e if self.causal else length)
@@ -162,9 +169,24 @@ def _block_mask(pattern: AttentionPattern, qpos: Tensor, kpos: Tensor, bias: Opt
         if bias.per_head_alpha and n_columns > 1:  # (H, ..): heads-major like the queries, group h * C + c
             hb = hb.repeat_interleave(n_columns, dim=0)
         m = hb.unsqueeze(0)
-    if extra is not None:
-        m = torch.where(extra, neg_inf, m) if extra.dtype == torch.bool else m + extra.to(dtype)
-    return m
+    return m if extra is None else _with_extra(m, extra)
+
+
+def _with_extra(m: Tensor, extra: Tensor) -> Tensor:
+    """The additive mask ``m`` with the extra mask applied: bool True -> -inf, float added; broadcast together."""
+    if extra.dtype == torch.bool:
+        return m.masked_fill(extra, float("-inf"))
+    return m + extra.to(m.dtype)
+
+
+_GROUP_ELEMENTS = 1 << 20  # output elements per call on a run of blocks: about 4 MB of float32
+
+
+def _windows(x: Tensor, start: int, n: int, size: int, step: int) -> Tensor:
+    """``n`` windows of ``size`` positions of a contiguous x (B, G, L, D), the first at ``start``, ``step`` apart:
+    one (possibly overlapping) view of shape (B * G, n, size, D)."""
+    bg, length, d = x.shape[0] * x.shape[1], x.shape[2], x.shape[3]
+    return x.as_strided((bg, n, size, d), (length * d, step * d, d, 1), x.storage_offset() + start * d)
 
 
 def pattern_attention(q: Tensor, k: Tensor, v: Tensor, pattern: AttentionPattern, bias: Optional[DecayBias] = None,
@@ -175,7 +197,8 @@ def pattern_attention(q: Tensor, k: Tensor, v: Tensor, pattern: AttentionPattern
     window (cutoff) narrows the keys visited. ``mask``: Hephaestus' extra mask, (L, L) or (B, L, L), bool (True =
     masked out) or float (added). Eager: for each block of queries (one chunk, or ``block_size`` queries) only the
     keys of ``pattern.key_segments`` are gathered (slices, views where contiguous) and handed to
-    ``F.scaled_dot_product_attention`` with a block-sized mask. Exporting: one dense (.., L, L) mask.
+    ``F.scaled_dot_product_attention`` with a block-sized mask; runs of interior blocks, which share their mask,
+    go in one call on overlapping views. Exporting: one dense (.., L, L) mask.
     """
     b, h, c, length, d = q.shape
     qf, kf, vf = (t.reshape(b, h * c, length, d) for t in (q, k, v))  # (B, H*C, L, D), views when contiguous
@@ -191,12 +214,40 @@ def pattern_attention(q: Tensor, k: Tensor, v: Tensor, pattern: AttentionPattern
     if extra is None and trivial and pattern.covers_all(length):
         out = F.scaled_dot_product_attention(qf, kf, vf, dropout_p=dropout_p, is_causal=pattern.causal)
         return out.view(b, h, c, length, d)
+    qf, kf, vf = qf.contiguous(), kf.contiguous(), vf.contiguous()  # no-ops unless the reshape made views
     out = torch.empty_like(qf)
     step = pattern.step(block_size)
+    blocks = []  # (s, e, key segments, block key)
     for s in range(0, length, step):
         e = min(s + step, length)
         segments = pattern.key_segments(s, e, length)
-        kpos = torch.cat([torch.arange(lo, hi, st, device=q.device) for lo, hi, st in segments])
+        blocks.append((s, e, segments, pattern.block_key(s, e, segments)))
+    masks: Dict[Tuple, Tensor] = {}  # block masks by block key: interior blocks share one
+    i = 0
+    while i < len(blocks):
+        s, e, segments, key = blocks[i]
+        if key not in masks:
+            kpos = torch.cat([torch.arange(lo, hi, st, device=q.device) for lo, hi, st in segments])
+            qpos = torch.arange(s, e, device=q.device)
+            masks[key] = _block_mask(pattern, qpos, kpos, bias, None, c, q.dtype)  # (1, H*C|1, nq, nk)
+        block_mask = masks[key]
+        # Blocks with the same key and one key range are a run: their queries and keys are windows `step` apart,
+        # evaluated in one call on overlapping views (nothing copied but the output).
+        n = 1
+        if extra is None and len(segments) == 1:
+            limit = max(1, _GROUP_ELEMENTS // (b * h * c * (e - s) * d))
+            while n < limit and i + n < len(blocks) and blocks[i + n][3] == key:
+                n += 1
+        i += n
+        if n > 1:
+            lo, hi, _ = segments[0]
+            if block_mask.shape[1] > 1:  # per-head bias: (1, H*C, nq, nk) -> (B*H*C, 1, nq, nk)
+                block_mask = block_mask.expand(b, -1, -1, -1).reshape(-1, 1, e - s, hi - lo)
+            y = F.scaled_dot_product_attention(_windows(qf, s, n, e - s, step), _windows(kf, lo, n, hi - lo, step),
+                                               _windows(vf, lo, n, hi - lo, step), attn_mask=block_mask,
+                                               dropout_p=dropout_p)  # (B*H*C, n, nq, D)
+            _windows(out, s, n, e - s, step).copy_(y)
+            continue
         if len(segments) == 1:
             lo, hi, _ = segments[0]
             kb, vb = kf[:, :, lo:hi], vf[:, :, lo:hi]
@@ -205,8 +256,8 @@ def pattern_attention(q: Tensor, k: Tensor, v: Tensor, pattern: AttentionPattern
             kb = torch.cat([kf[:, :, lo:hi:st] for lo, hi, st in segments], dim=2)
             vb = torch.cat([vf[:, :, lo:hi:st] for lo, hi, st in segments], dim=2)
             eb = None if extra is None else torch.cat([extra[..., s:e, lo:hi:st] for lo, hi, st in segments], -1)
-        qpos = torch.arange(s, e, device=q.device)
-        block_mask = _block_mask(pattern, qpos, kpos, bias, eb, c, q.dtype)  # (B|1, H*C|1, nq, nk)
+        if eb is not None:  # (B|1, H*C|1, nq, nk)
+            block_mask = _with_extra(block_mask, eb)
         out[:, :, s:e] = F.scaled_dot_product_attention(qf[:, :, s:e], kb, vb, attn_mask=block_mask,
                                                         dropout_p=dropout_p)
     return out.view(b, h, c, length, d)
