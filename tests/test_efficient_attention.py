@@ -15,7 +15,6 @@ from reference import reference_allowed, reference_bias, reference_module_4d
 from tsattn.modules import (
     ATTENTION_TYPES,
     AttentionPattern,
-    FeaturewiseAttention,
     StandardAttention,
     benchmark_attention_mechanisms,
     make_attention,
@@ -270,7 +269,8 @@ def test_gradients_match_reference(name, attention_type, kwargs, pattern, decay,
     boolean, _ = _extra_masks(length, 12)
     bias = _reference_bias(m, length, True, pattern, decay)
     if with_mask:
-        bias = bias + torch.zeros(BATCH, 1, length, length, dtype=torch.float64).masked_fill(boolean[:, None], -math.inf)
+        pad = torch.zeros(BATCH, 1, length, length, dtype=torch.float64)
+        bias = bias + pad.masked_fill(boolean[:, None], -math.inf)
     params = [p for p in m.parameters()]
     ours = torch.autograd.grad((m(*x, mask=boolean if with_mask else None)[0] ** 2).sum(), x + params)
     theirs = torch.autograd.grad((reference_module_4d(m, *x, bias) ** 2).sum(), x + params)
@@ -527,3 +527,9 @@ def test_benchmark_attention_mechanisms_reports_the_guides_structure():
         assert not by_method["nope"]["successful"] and "valid types" in by_method["nope"]["error"]
     # standard holds (B, H, C, L, L) scores and weights: at L=512 at least 2 * 2 * 2 * 512^2 * 4 bytes = 8 MiB
     assert results[512]["standard"]["memory_mb"] >= 8 > results[512]["local"]["memory_mb"]
+
+
+def test_benchmark_rejects_an_unavailable_cuda_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA"):
+        benchmark_attention_mechanisms(seq_lengths=[8], device="cuda")

@@ -214,7 +214,15 @@ def pattern_attention(q: Tensor, k: Tensor, v: Tensor, pattern: AttentionPattern
     if extra is None and trivial and pattern.covers_all(length):
         out = F.scaled_dot_product_attention(qf, kf, vf, dropout_p=dropout_p, is_causal=pattern.causal)
         return out.view(b, h, c, length, d)
-    qf, kf, vf = qf.contiguous(), kf.contiguous(), vf.contiguous()  # no-ops unless the reshape made views
+    out = _blocked_attention(qf.contiguous(), kf.contiguous(), vf.contiguous(), pattern, bias, extra, c, block_size,
+                             dropout_p)
+    return out.view(b, h, c, length, d)
+
+
+def _blocked_attention(qf: Tensor, kf: Tensor, vf: Tensor, pattern: AttentionPattern, bias: Optional[DecayBias],
+                       extra: Optional[Tensor], n_columns: int, block_size: int, dropout_p: float) -> Tensor:
+    """The eager path of ``pattern_attention``: qf, kf, vf contiguous (B, H*C, L, D); extra (B|1, 1, L, L)."""
+    b, g, length, d = qf.shape
     out = torch.empty_like(qf)
     step = pattern.step(block_size)
     blocks = []  # (s, e, key segments, block key)
@@ -222,29 +230,30 @@ def pattern_attention(q: Tensor, k: Tensor, v: Tensor, pattern: AttentionPattern
         e = min(s + step, length)
         segments = pattern.key_segments(s, e, length)
         blocks.append((s, e, segments, pattern.block_key(s, e, segments)))
-    masks: Dict[Tuple, Tensor] = {}  # block masks by block key: interior blocks share one
+    mask_key, block_mask = None, None  # the last block mask: consecutive interior blocks share it
     i = 0
     while i < len(blocks):
         s, e, segments, key = blocks[i]
-        if key not in masks:
-            kpos = torch.cat([torch.arange(lo, hi, st, device=q.device) for lo, hi, st in segments])
-            qpos = torch.arange(s, e, device=q.device)
-            masks[key] = _block_mask(pattern, qpos, kpos, bias, None, c, q.dtype)  # (1, H*C|1, nq, nk)
-        block_mask = masks[key]
+        if key != mask_key:
+            kpos = torch.cat([torch.arange(lo, hi, st, device=qf.device) for lo, hi, st in segments])
+            qpos = torch.arange(s, e, device=qf.device)
+            block_mask = _block_mask(pattern, qpos, kpos, bias, None, n_columns, qf.dtype)  # (1, H*C|1, nq, nk)
+            mask_key = key
         # Blocks with the same key and one key range are a run: their queries and keys are windows `step` apart,
         # evaluated in one call on overlapping views (nothing copied but the output).
         n = 1
         if extra is None and len(segments) == 1:
-            limit = max(1, _GROUP_ELEMENTS // (b * h * c * (e - s) * d))
+            limit = max(1, _GROUP_ELEMENTS // (b * g * (e - s) * d))
             while n < limit and i + n < len(blocks) and blocks[i + n][3] == key:
                 n += 1
         i += n
         if n > 1:
             lo, hi, _ = segments[0]
-            if block_mask.shape[1] > 1:  # per-head bias: (1, H*C, nq, nk) -> (B*H*C, 1, nq, nk)
-                block_mask = block_mask.expand(b, -1, -1, -1).reshape(-1, 1, e - s, hi - lo)
+            run_mask = block_mask
+            if run_mask.shape[1] > 1:  # per-head bias: (1, H*C, nq, nk) -> (B*H*C, 1, nq, nk)
+                run_mask = run_mask.expand(b, -1, -1, -1).reshape(-1, 1, e - s, hi - lo)
             y = F.scaled_dot_product_attention(_windows(qf, s, n, e - s, step), _windows(kf, lo, n, hi - lo, step),
-                                               _windows(vf, lo, n, hi - lo, step), attn_mask=block_mask,
+                                               _windows(vf, lo, n, hi - lo, step), attn_mask=run_mask,
                                                dropout_p=dropout_p)  # (B*H*C, n, nq, D)
             _windows(out, s, n, e - s, step).copy_(y)
             continue
@@ -256,11 +265,9 @@ def pattern_attention(q: Tensor, k: Tensor, v: Tensor, pattern: AttentionPattern
             kb = torch.cat([kf[:, :, lo:hi:st] for lo, hi, st in segments], dim=2)
             vb = torch.cat([vf[:, :, lo:hi:st] for lo, hi, st in segments], dim=2)
             eb = None if extra is None else torch.cat([extra[..., s:e, lo:hi:st] for lo, hi, st in segments], -1)
-        if eb is not None:  # (B|1, H*C|1, nq, nk)
-            block_mask = _with_extra(block_mask, eb)
-        out[:, :, s:e] = F.scaled_dot_product_attention(qf[:, :, s:e], kb, vb, attn_mask=block_mask,
-                                                        dropout_p=dropout_p)
-    return out.view(b, h, c, length, d)
+        mask_b = block_mask if eb is None else _with_extra(block_mask, eb)  # (B|1, H*C|1, nq, nk)
+        out[:, :, s:e] = F.scaled_dot_product_attention(qf[:, :, s:e], kb, vb, attn_mask=mask_b, dropout_p=dropout_p)
+    return out
 
 
 class _Attention4D(nn.Module):
@@ -330,7 +337,8 @@ class _Attention4D(nn.Module):
         Raises ValueError for inputs of another rank, mismatched shapes or a bad mask.
         """
         if query.dim() not in (3, 4):
-            raise ValueError(f"query must be (batch, L, d_model) or (batch, n_columns, L, d_model); got {tuple(query.shape)}")
+            raise ValueError("query must be (batch, L, d_model) or (batch, n_columns, L, d_model); "
+                             f"got {tuple(query.shape)}")
         if not is_exporting() and (key.shape != query.shape or value.shape != query.shape):
             raise ValueError(f"query, key and value must have the same shape; got {tuple(query.shape)}, "
                              f"{tuple(key.shape)}, {tuple(value.shape)}")
@@ -590,7 +598,7 @@ BENCHMARK_KWARGS: Dict[str, Dict] = {
 }
 
 
-def _peak_allocated_mb(fn, device: torch.device) -> float:
+def _peak_allocated_mb(fn, device: torch.device) -> Optional[float]:
     """Peak bytes torch allocates while ``fn()`` runs, above what was allocated before, in MiB.
 
     CUDA: ``torch.cuda.max_memory_allocated``. CPU: the profiler's allocation events (every allocation through
@@ -606,7 +614,10 @@ def _peak_allocated_mb(fn, device: torch.device) -> float:
     activities = [torch.profiler.ProfilerActivity.CPU]
     with torch.profiler.profile(activities=activities, profile_memory=True) as prof:
         fn()
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    try:
+        events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    except AttributeError:  # a torch whose profiler results look different: no figure rather than a wrong one
+        return None
     current = peak = 0
     for e in sorted(events, key=lambda e: e.start_ns()):
         current += e.nbytes()
@@ -630,11 +641,15 @@ def benchmark_attention_mechanisms(
 
     methods: default ``BENCHMARK_KWARGS``'s types, each with the guide's configuration. time_ms: median of
     ``repeats`` runs after a warm-up. memory_mb: peak memory torch allocates during one forward, above what was
-    allocated before it (inputs and weights excluded, the output included): CUDA max_memory_allocated, on CPU
-    the profiler's allocation events. A failure (out of memory, an unknown method, ...) gives successful=False, None for time_ms and
-    memory_mb, and the message under "error". device: default "cuda" when available, else "cpu".
+    allocated before it (inputs and weights excluded, the output included): CUDA max_memory_allocated; on CPU the
+    profiler's allocation events (None where this torch's profiler gives none). A failure (out of memory, an
+    unknown method, ...) gives successful=False, None for time_ms and memory_mb, and the message under "error";
+    the other methods still run. device: default "cuda" when available, else "cpu"; an unavailable CUDA device
+    raises ValueError.
     """
     dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: CUDA is not available here (use device='cpu')")
     chosen = list(methods) if methods is not None else list(BENCHMARK_KWARGS)
     results: Dict[int, Dict[str, Dict]] = {}
     for length in seq_lengths:
