@@ -394,7 +394,7 @@ class LocalAttention(_Attention4D):
     attention_type = "local"
 
     def __init__(self, d_model: int, n_heads: int, window_size: int = 256, dropout: float = 0.0, causal: bool = True,
-                 block_size: int = 128, decay: Optional[str] = None, **decay_kwargs) -> None:
+                 block_size: int = 64, decay: Optional[str] = None, **decay_kwargs) -> None:
         super().__init__(d_model, n_heads, dropout, causal)
         self.window_size = _check_int("window_size", window_size, 1)
         self.block_size = _check_int("block_size", block_size, 1)
