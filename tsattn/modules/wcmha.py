@@ -247,7 +247,9 @@ def decayed_attention(
     if exporting:  # exporters see plain attention: repeat the kv heads explicitly
         k, v = _expand_kv(k, groups), _expand_kv(v, groups)
     gqa = groups != 1 and not exporting
-    if bias.is_trivial and win is None and bias.causal and lq == lk:
+    # The is_causal fast path depends on lq == lk, a fact about this call's shapes: exported graphs must not
+    # bake it in (a graph traced without a past would then ignore one), so they always take the dense bias.
+    if not exporting and bias.is_trivial and win is None and bias.causal and lq == lk:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
     if not exporting:
         return _blocked_attention(q, k, v, bias, win, block_size, dropout_p, gqa)
