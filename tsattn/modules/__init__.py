@@ -11,6 +11,21 @@ from .wave_ahs import AdaptiveHarmonicSelector, HarmonicSparsificationLoss
 from .wave_fcl import CURRICULUM_MODES, FrequencyCurriculumScheduler, FrequencyMask
 from .wave_mrwp import MultiResolutionWavePyramid
 from .wave_pcca import COHERENCE_MODES, PhaseCoherentAttention, RotaryAttention, RotaryEmbedding, phase_coherence
+from .efficient_attention import (
+    ATTENTION_KWARGS,
+    ATTENTION_TYPES,
+    AttentionPattern,
+    ChunkedAttention,
+    FeaturewiseAttention,
+    FlashAttention,
+    LocalAttention,
+    SparseAttention,
+    StandardAttention,
+    WeightedCausalAttention,
+    benchmark_attention_mechanisms,
+    make_attention,
+    pattern_attention,
+)
 
 __all__ = [
     "DECAY_TYPES",
@@ -32,4 +47,18 @@ __all__ = [
     "RotaryEmbedding",
     "phase_coherence",
     "MultiResolutionWavePyramid",
+    # efficient attentions, Hephaestus guide (issue #3)
+    "ATTENTION_KWARGS",
+    "ATTENTION_TYPES",
+    "AttentionPattern",
+    "ChunkedAttention",
+    "FeaturewiseAttention",
+    "FlashAttention",
+    "LocalAttention",
+    "SparseAttention",
+    "StandardAttention",
+    "WeightedCausalAttention",
+    "benchmark_attention_mechanisms",
+    "make_attention",
+    "pattern_attention",
 ]
