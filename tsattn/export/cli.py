@@ -15,6 +15,7 @@ from tsattn.cliutil import EXIT_INTERNAL, EXIT_OK, EXIT_USAGE, setup_logging
 
 EXIT_PARITY = 3  # parity or graph-contract failure: nothing written
 EXIT_CHECKPOINT = 4  # checkpoint refused: needs arbitrary unpickling, unreadable, or does not fit the model
+EXIT_TRITON = 5  # --triton-repo: the Triton model repository could not be written (the export itself was)
 
 PROG = "tsattn-export"
 log = logging.getLogger("tsattn.export")
@@ -29,6 +30,7 @@ examples:
   tsattn-export --target ./CALF --feature wcmha --out /tmp/calf --checkpoint checkpoint.pth \\
       --config '{{"seq_len": 96, "pred_len": 96, "gpt_layers": 6, "r": 8, "lora_alpha": 32}}'
   tsattn-export --target ./CALF --feature wcmha --out /tmp/calf --set enc_in=7 --exporter legacy
+  tsattn-export --model reference --out /tmp/ref --triton-repo /srv/triton/models   # + a Triton model repository
   tsattn-export --list
 
 Model options come from --config (a JSON object, or a .json file holding one) and then --set KEY=VALUE (JSON
@@ -39,17 +41,21 @@ manifest's source says so); a target's GPT-2 is then built from GPT2Config, noth
 The export directory holds <graph>.onnx, <graph>.pt (TorchScript) and manifest.json (files with sha256, graph
 inputs/outputs with symbolic dims, the KV-cache spec, parity results, versions); see exported_models/README.md.
 It is written to a temporary directory beside --out and renamed into place only when every check passed.
+--triton-repo DIR also writes DIR/<name>/config.pbtxt and DIR/<name>/1/model.onnx for Triton Inference Server
+(ONNX Runtime backend; a KV cache becomes sequence_batching implicit state; see tsattn/export/triton.py).
 
 exit codes:
   0  exported, every parity check within tolerance
   1  internal error (a traceback is printed)
   2  usage error: bad arguments or model options, unknown model, --out not empty (see --overwrite), missing
-     checkpoint file, no export spec for the target/feature, a target that is not patched with the feature, or
-     a target whose own code fails to build or run the model (the message names its file and line)
+     checkpoint file, no export spec for the target/feature, a target that is not patched with the feature,
+     a target whose own code fails to build or run the model (the message names its file and line), or an
+     existing --triton-repo entry
   {EXIT_PARITY}  parity failure (an output differs from eager beyond the tolerance) or the exported graph breaks
      its spec (e.g. a dim the exporter specialised); the failing output and error are printed, nothing is written
   {EXIT_CHECKPOINT}  checkpoint refused: it needs arbitrary unpickling (torch.load(weights_only=True) fails), is
      unreadable, or does not fit the model
+  {EXIT_TRITON}  --triton-repo: the Triton repository entry could not be written (the export was written)
 """
 
 
@@ -132,7 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ONNX exporter: dynamo (torch.export-based, the default) or legacy (TorchScript-based, "
                              "deprecated by torch, about 20x faster to export)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights without --checkpoint")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out (atomically)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --out (atomically), and an existing --triton-repo entry")
+    parser.add_argument("--triton-repo", metavar="DIR", type=Path,
+                        help="also write a Triton Inference Server model repository entry DIR/<name>/")
+    parser.add_argument("--triton-name", metavar="NAME", help="the Triton model name (default: the export's name)")
+    parser.add_argument("--triton-instances", metavar="N", type=int, default=1,
+                        help="Triton model instances (instance_group count, default 1); sequences run in parallel "
+                             "across instances")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (and the exporters' own)")
     return parser
@@ -226,6 +239,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     weights = exportable.source.get("weights")
     if isinstance(weights, str) and weights.startswith("random"):
         log.warning("weights are %s", weights)
+    triton_entry = None
+    if args.triton_repo is not None:
+        if args.triton_instances < 1:
+            parser.error(f"--triton-instances must be positive; got {args.triton_instances}")
+        triton_entry = args.triton_repo / (args.triton_name or exportable.spec.name)
+        if triton_entry.exists() and not args.overwrite:
+            print(f"{PROG}: --triton-repo: {triton_entry} exists (pass --overwrite to replace it)", file=sys.stderr)
+            return EXIT_USAGE
     exporter = args.exporter or exportable.spec.exporter
     if "onnx" in formats and not MIN_OPSET <= args.opset <= max_opset(exporter):
         parser.error(f"--opset must be between {MIN_OPSET} and {max_opset(exporter)} with the {exporter} exporter; "
@@ -246,10 +267,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception:
         traceback.print_exc()
         return EXIT_INTERNAL
+    triton_dir = None
+    if triton_entry is not None:
+        from tsattn.export.triton import write_triton_repo
+
+        try:
+            triton_dir = write_triton_repo(manifest, args.triton_repo, model_name=triton_entry.name,
+                                           instances=args.triton_instances, overwrite=args.overwrite)
+        except (ValueError, OSError) as exc:
+            print(f"{PROG}: the export is at {manifest.root}, but --triton-repo failed: {exc}", file=sys.stderr)
+            return EXIT_TRITON
     if args.json:
-        print(json.dumps(dict(manifest.to_dict(), root=str(manifest.root)), indent=1))
+        print(json.dumps(dict(manifest.to_dict(), root=str(manifest.root),
+                              triton=None if triton_dir is None else str(triton_dir)), indent=1))
     else:
         _report(manifest, sys.stdout)
+        if triton_dir is not None:
+            print(f"Triton model repository entry: {triton_dir} (config.pbtxt, 1/model.onnx)")
     return EXIT_OK
 
 
