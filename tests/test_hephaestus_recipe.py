@@ -416,3 +416,13 @@ def test_list_shows_the_hephaestus_column(capsys):
     assert calf_only[column] == "-"
     assert "hephaestus/timeseries_models/models.py defining class TransformerBlock, TimeSeriesTransformer, " \
            "TimeSeriesDecoder" in out
+
+
+def test_the_demo_step_runs_and_checks_what_it_claims():
+    import argparse
+
+    from tsattn import demo
+
+    assert demo.step_hephaestus in [fn for _, fn in demo.STEPS]
+    out = demo.step_hephaestus(argparse.Namespace(length=256))
+    assert "default (standard) bit-identical to the unpatched model" in out and "equals one forward" in out
