@@ -4,7 +4,7 @@
     EfficientTimeSeriesTransformer(config, d_model=64, n_heads=4, attention_type="flash", attention_kwargs=None,
                                    n_layers=4)
         A ``TimeSeriesTransformer`` whose blocks use ``attention_type``: a drop-in for a ``TimeSeriesDecoder``'s
-        ``time_series_transformer`` or a ``TabularEncoderDecoder``'s encoder (same forward, same parameter names).
+        ``time_series_transformer``, or an encoder (same forward, same parameter names).
         ``TimeSeriesTransformer``, ``TimeSeriesDecoder`` and ``TabularDecoder`` take the same three arguments
         (``n_layers=4, attention_type="standard", attention_kwargs=None``: today's model by default).
 
