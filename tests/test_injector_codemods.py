@@ -13,9 +13,12 @@ from tsattn.injector.codemods import (
     AddArgparseArgument,
     AddClass,
     AddImport,
+    AddKeywordsParameter,
     AddMethod,
     Code,
+    ExtendTuple,
     InsertStatements,
+    ReplaceExpression,
     RewriteImportFrom,
     SetKeyword,
     SetParameterDefault,
@@ -278,6 +281,75 @@ def test_set_parameter_default_follows_the_layout_of_the_parameter_list():
           SetParameterDefault, function="f", param="c", value=2)
     check("def f(a, *args, k=1):\n    pass\n", "def f(a, b=2, *args, k=1):\n    pass\n",
           SetParameterDefault, function="f", param="b", value=2)
+
+
+def test_set_keyword_double_star_and_trailing_comma_layout():
+    check("x = f(a, b=1)\n", "x = f(a, b=1, **kw)\n", SetKeyword, callee="f", keyword="**", value=Code("kw"))
+    assert run("x = f(a, **old)\n", SetKeyword, callee="f", keyword="**", value=Code("new")) == "x = f(a, **new)\n"
+    one_per_line = "x = f(\n    a=1,\n    b=2,\n)\n"
+    check(one_per_line, "x = f(\n    a=1,\n    b=2,\n    c=3,\n)\n", SetKeyword, callee="f", keyword="c", value=3)
+    check("x = f(a,)\n", "x = f(a, c=3,)\n", SetKeyword, callee="f", keyword="c", value=3)
+    check("x = f(\n    a=1, b=2\n)\n", "x = f(\n    a=1, b=2, c=3\n)\n", SetKeyword, callee="f", keyword="c", value=3)
+
+
+def test_add_keywords_parameter():
+    check("class B:\n    def __init__(self, a: int, t=\"s\"):\n        pass\n",
+          "class B:\n    def __init__(self, a: int, t=\"s\", **kw):\n        pass\n",
+          AddKeywordsParameter, function="B.__init__", name="kw")
+    check("def f(\n    a,\n    b,\n):\n    pass\n", "def f(\n    a,\n    b,\n    **kw,\n):\n    pass\n",
+          AddKeywordsParameter, function="f", name="kw")
+    check("def f(a, *args):\n    pass\n", "def f(a, *args, **kw):\n    pass\n", AddKeywordsParameter, function="f", name="kw")
+    check("def f(a, *, k=1):\n    pass\n", "def f(a, *, k=1, **kw):\n    pass\n", AddKeywordsParameter, function="f", name="kw")
+    check("def f():\n    pass\n", "def f(**kw):\n    pass\n", AddKeywordsParameter, function="f", name="kw")
+    with pytest.raises(AnchorNotFound, match=r"def f with \*\*kw \(it has \*\*other\)"):
+        run("def f(**other):\n    pass\n", AddKeywordsParameter, function="f", name="kw")
+    with pytest.raises(AnchorNotFound, match="def g"):
+        run("def f():\n    pass\n", AddKeywordsParameter, function="g", name="kw")
+
+
+BLOCKS = """
+class T:
+    def __init__(self, n):
+        self.first = Block(
+            d=n, heads=4  # the first
+        )
+        self.chain = [Block(d=n, heads=4,) for i in range(1, 4)]
+        other = range(1, 4)
+
+    def forward(self):
+        return range(1, 4)
+"""
+
+
+def test_replace_expression_in_scope_only_then_idempotent_and_updates_constants():
+    once = run(dedent(BLOCKS), ReplaceExpression, scope="T.__init__", old="Block(d=n, heads=4)",
+               new="make(n, 'x', **kw)")
+    assert once.count("make(n, \"x\", **kw)") == 2 and "Block" not in once
+    twice = run(once, ReplaceExpression, scope="T.__init__", old="range(1, 4)", new="range(1, layers)")
+    assert twice.count("range(1, layers)") == 2 and "return range(1, 4)" in twice  # forward is another scope
+    assert run(twice, ReplaceExpression, scope="T.__init__", old="range(1, 4)", new="range(1, layers)") == twice
+    assert run(twice, ReplaceExpression, scope="T.__init__", old="Block(d=n, heads=4)", new="make(n, 'x', **kw)") == twice
+    updated = run(twice, ReplaceExpression, scope="T.__init__", old="Block(d=n, heads=4)", new="make(n, 'y', **kw)")
+    assert updated == twice.replace('"x"', '"y"')
+    multi = run(dedent(BLOCKS), ReplaceExpression, scope="T.__init__", old="Block(d=n, heads=4)",
+                new="make(\n    n,\n    x=1,\n)")
+    assert "        self.first = make(\n            n,\n            x=1,\n        )\n" in multi  # relative indentation
+    with pytest.raises(AnchorNotFound, match=r"expression `Block\(d=n, heads=8\)` in T.__init__"):
+        run(dedent(BLOCKS), ReplaceExpression, scope="T.__init__", old="Block(d=n, heads=8)", new="x")
+
+
+def test_extend_tuple_creates_then_adds_only_what_is_missing():
+    source = "import a\nfrom b import c\n\nx = 1\n"
+    first = run(source, ExtendTuple, name="TYPES", values=("standard", "local"), after="from b import c",
+                comment="which types")
+    assert first == 'import a\nfrom b import c\n\n# which types\nTYPES = ("standard", "local")\n\nx = 1\n'
+    assert run(first, ExtendTuple, name="TYPES", values=("standard", "local"), after="from b import c") == first
+    second = run(first, ExtendTuple, name="TYPES", values=("standard", "sparse", "local"), after="from b import c")
+    assert 'TYPES = ("standard", "local", "sparse")\n' in second and second.count("TYPES") == 1
+    with pytest.raises(AnchorNotFound, match="module-level statement `import z`"):
+        run(source, ExtendTuple, name="TYPES", values=("a",), after="import z")
+    with pytest.raises(AnchorNotFound, match=r"TYPES = \(...\) holding only literals"):
+        run("TYPES = (a, b)\n", ExtendTuple, name="TYPES", values=("a",), after="x")
 
 
 def test_insert_statements_after_anchor_then_update_constants():

@@ -274,7 +274,7 @@ def test_targets_that_are_refused_or_unknown(tmp_path, capsys, monkeypatch):
     assert run_cli("--target", str(other), "--feature", "wcmha") == 2
     err = capsys.readouterr().err
     assert "unknown target" in err and "models/CALF.py defining class Model" in err
-    assert "hephaestus/timeseries_models/models.py defining class TimeSeriesTransformer" in err
+    assert "hephaestus/timeseries_models/models.py defining class TransformerBlock, TimeSeriesTransformer" in err
     assert "src/wave_transformer/core/wave_transformer.py defining class WaveTransformer" in err
     assert run_cli("--target", str(other / "src"), "--feature", "wcmha") == 3
     assert "pass its root" in capsys.readouterr().err
@@ -284,7 +284,10 @@ def test_usage_errors(calf, capsys):
     assert run_cli("--target", str(calf), "--feature", "nope") == 2
     assert "no feature 'nope' for target kind 'calf' (available: wcmha)" in capsys.readouterr().err
     assert run_cli("--target", str(calf), "--feature", "wcmha", "--kind", "nope") == 2
-    assert run_cli("--target", str(calf), "--feature", "wcmha", "--kind", "hephaestus") == 2
+    assert run_cli("--target", str(calf), "--feature", "ahs", "--kind", "hephaestus") == 2
+    assert "no feature 'ahs' for target kind 'hephaestus'" in capsys.readouterr().err
+    assert run_cli("--target", str(calf), "--feature", "wcmha", "--kind", "hephaestus") == 3  # a forced kind's anchors
+    assert "hephaestus/timeseries_models/models.py" in capsys.readouterr().err
     assert run_cli("--target", str(calf), "--feature", "wcmha", "--revert", "--alpha", "2") == 2
     assert run_cli("--feature", "wcmha") == 2
     assert run_cli("--target", str(calf), "--feature", "wcmha", "--alpha", "-1") == 2

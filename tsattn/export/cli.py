@@ -31,12 +31,15 @@ examples:
       --config '{{"seq_len": 96, "pred_len": 96, "gpt_layers": 6, "r": 8, "lora_alpha": 32}}'
   tsattn-export --target ./CALF --feature wcmha --out /tmp/calf --set enc_in=7 --exporter legacy
   tsattn-export --model reference --out /tmp/ref --triton-repo /srv/triton/models   # + a Triton model repository
+  tsattn-export --target ./Hephaestus --feature efficient --out /tmp/heph --set attention_type=local \
+      --set 'attention_kwargs={{"window_size": 64}}' --set numeric_columns=4 --set categorical_columns=2
   tsattn-export --list
 
 Model options come from --config (a JSON object, or a .json file holding one) and then --set KEY=VALUE (JSON
 values), which overrides it. A target's options are its model's arguments (CALF: the names of its run.py, e.g.
-seq_len, pred_len, gpt_layers, r, lora_alpha; see the README). Without --checkpoint every weight is random (the
-manifest's source says so); a target's GPT-2 is then built from GPT2Config, nothing is downloaded.
+seq_len, pred_len, gpt_layers, r, lora_alpha; Hephaestus: numeric_columns, categorical_columns, object_tokens,
+d_model, n_heads, n_layers, attention_type, attention_kwargs; see the README). Without --checkpoint every weight is
+random (the manifest's source says so); a target's GPT-2 is then built from GPT2Config, nothing is downloaded.
 
 The export directory holds <graph>.onnx, <graph>.pt (TorchScript) and manifest.json (files with sha256, graph
 inputs/outputs with symbolic dims, the KV-cache spec, parity results, versions); see exported_models/README.md.
@@ -48,9 +51,9 @@ exit codes:
   0  exported, every parity check within tolerance
   1  internal error (a traceback is printed)
   2  usage error: bad arguments or model options, unknown model, --out not empty (see --overwrite), missing
-     checkpoint file, no export spec for the target/feature, a target that is not patched with the feature,
-     a target whose own code fails to build or run the model (the message names its file and line), or an
-     existing --triton-repo entry
+     checkpoint file, no export spec for the target/feature, a target that is not patched with the feature, a
+     target whose own code fails to build or run the model (the message names its file and line), an exporter
+     the model cannot be exported with (Hephaestus: dynamo), or an existing --triton-repo entry
   {EXIT_PARITY}  parity failure (an output differs from eager beyond the tolerance) or the exported graph breaks
      its spec (e.g. a dim the exporter specialised); the failing output and error are printed, nothing is written
   {EXIT_CHECKPOINT}  checkpoint refused: it needs arbitrary unpickling (torch.load(weights_only=True) fails), is
@@ -135,8 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET,
                         help=f"ONNX opset (default {DEFAULT_OPSET}; see the README on the choice)")
     parser.add_argument("--exporter", choices=EXPORTERS,
-                        help="ONNX exporter: dynamo (torch.export-based, the default) or legacy (TorchScript-based, "
-                             "deprecated by torch, about 20x faster to export)")
+                        help="ONNX exporter: dynamo (torch.export-based) or legacy (TorchScript-based, deprecated by "
+                             "torch, about 20x faster to export); default: the model's (dynamo; legacy for "
+                             "Hephaestus, whose data-dependent branches torch.export refuses)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights without --checkpoint")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a non-empty --out (atomically), and an existing --triton-repo entry")
@@ -208,6 +212,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                         max_opset)
     from tsattn.export.manifest import parity_table
     from tsattn.export.models import MODELS
+    from tsattn.export.spec import EXPORTERS
     from tsattn.export.targets import NoExportSpec, find_target
 
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
@@ -248,6 +253,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{PROG}: --triton-repo: {triton_entry} exists (pass --overwrite to replace it)", file=sys.stderr)
             return EXIT_USAGE
     exporter = args.exporter or exportable.spec.exporter
+    if "onnx" in formats and exporter in exportable.spec.unsupported_exporters:
+        print(f"{PROG}: {exportable.spec.name} cannot be exported with the {exporter} exporter: "
+              f"{exportable.spec.unsupported_exporters[exporter]}; use --exporter "
+              f"{' or '.join(e for e in EXPORTERS if e not in exportable.spec.unsupported_exporters)}", file=sys.stderr)
+        return EXIT_USAGE
     if "onnx" in formats and not MIN_OPSET <= args.opset <= max_opset(exporter):
         parser.error(f"--opset must be between {MIN_OPSET} and {max_opset(exporter)} with the {exporter} exporter; "
                      f"got {args.opset}")

@@ -399,6 +399,8 @@ def export(
         raise ValueError(f"formats must be a non-empty subset of {FORMATS}; got {list(formats)}")
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}; got {exporter!r}")
+    if "onnx" in formats:
+        spec.check_exporter(exporter)
     out = check_out_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))

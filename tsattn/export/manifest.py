@@ -31,7 +31,8 @@ Schema (``manifest_version`` 1)::
                        "dtype": "float32", "layout": ["batch", "kv_heads", "length", "head_dim"],
                        "past_key": "past_key_values.{i}.key", "past_value": "past_key_values.{i}.value",
                        "present_key": "present.{i}.key", "present_value": "present.{i}.value",
-                       "batch_dim": "batch", "past_dim": "past", "present_dim": "present"},
+                       "batch_dim": "batch", "past_dim": "past", "present_dim": "present",
+                       "sliding": true},     (false: absolute positions, a stream holds <= max_context)
       "parity": [{"graph", "backend", "sizes", "output", "max_abs_err", "tol", "ok"}, ...],
       "versions": {"tsattn", "torch", "onnx", "onnxruntime", "onnxscript", "python"}
     }
@@ -119,6 +120,11 @@ class CacheSpec:
     prefill); outputs ``present_key...`` / ``present_value...`` hold the cache after it, ``present_dim``
     positions = min(past + new, max_context) (past + new when max_context is None). Feed each present back as
     the next call's past (``pairs()``). Flat order in a graph: layer 0 key, layer 0 value, layer 1 key, ...
+
+    ``sliding``: True (the default) when the graph keeps the last ``max_context`` positions and a stream goes on
+    for ever; False when positions are absolute (a position table, e.g. Hephaestus'): present = past + new, and a
+    stream holds at most ``max_context`` positions in all, after which it must be restarted (``fits``).
+    ``kv_heads`` is whatever the graph's second cache dim holds (Hephaestus: one per head and column).
     """
 
     layers: int
@@ -134,6 +140,7 @@ class CacheSpec:
     batch_dim: str = "batch"
     past_dim: str = "past"
     present_dim: str = "present"
+    sliding: bool = True
 
     layout = ("batch", "kv_heads", "length", "head_dim")
 
@@ -146,6 +153,11 @@ class CacheSpec:
             raise ManifestError(f"cache max_context must be a positive integer or null; got {self.max_context!r}")
         if self.dtype not in DTYPES:
             raise ManifestError(f"cache dtype must be one of {DTYPES}; got {self.dtype!r}")
+        if not isinstance(self.sliding, bool):
+            raise ManifestError(f"cache sliding must be true or false; got {self.sliding!r}")
+        if not self.sliding and self.max_context is None:
+            raise ManifestError("a cache that does not slide (sliding false) needs max_context, the most positions "
+                                "a stream may hold")
         for name in ("past_key", "past_value", "present_key", "present_value"):
             pattern = getattr(self, name)
             if "{i}" not in pattern:
@@ -175,6 +187,11 @@ class CacheSpec:
         """The shape of one cache tensor holding ``length`` positions (``length=0``: a new stream)."""
         return (batch, self.kv_heads, length, self.head_dim)
 
+    def fits(self, past: int, new: int) -> bool:
+        """Whether a call with ``past`` cached and ``new`` positions is within the graph's range: always when the
+        cache slides, else past + new <= max_context."""
+        return self.sliding or self.max_context is None or past + new <= self.max_context
+
     def bytes_per_position(self, itemsize: int = 4) -> int:
         """Bytes of cache (all layers, keys and values) one position of one stream takes."""
         return 2 * self.layers * self.kv_heads * self.head_dim * itemsize
@@ -183,7 +200,7 @@ class CacheSpec:
         d = {k: getattr(self, k) for k in ("graph", "layers", "kv_heads", "head_dim", "max_context", "dtype")}
         d["layout"] = list(self.layout)
         d.update({k: getattr(self, k) for k in ("past_key", "past_value", "present_key", "present_value",
-                                                  "batch_dim", "past_dim", "present_dim")})
+                                                  "batch_dim", "past_dim", "present_dim", "sliding")})
         return d
 
     @classmethod
@@ -191,7 +208,7 @@ class CacheSpec:
         if list(d.get("layout", cls.layout)) != list(cls.layout):
             raise ManifestError(f"cache layout must be {list(cls.layout)}; got {d.get('layout')!r}")
         keys = ("graph", "layers", "kv_heads", "head_dim", "max_context", "dtype", "past_key", "past_value",
-                "present_key", "present_value", "batch_dim", "past_dim", "present_dim")
+                "present_key", "present_value", "batch_dim", "past_dim", "present_dim", "sliding")
         return cls(**{k: d[k] for k in keys if k in d})
 
 

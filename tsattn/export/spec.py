@@ -75,7 +75,9 @@ class ExportSpec:
     size per symbolic input dim (default 1; a cache's past dim allows 0). dim_max: largest size per symbolic input
     dim where the model has one (e.g. a position table; default unbounded), given to torch.export. make_inputs: ``(sizes, generator) ->
     tuple of tensors`` in graph-input order, when random normals (floats) or small integers do not fit.
-    exporter: the ONNX exporter this model prefers (``--exporter`` overrides). atol: parity tolerance.
+    exporter: the ONNX exporter this model prefers (``--exporter`` overrides). unsupported_exporters: exporters
+    that cannot export this model faithfully, each with the reason (``export`` raises ``SpecError`` saying it;
+    e.g. torch.export and a target's data-dependent Python branches). atol: parity tolerance.
     torchscript_freeze: save the traced module frozen (``torch.jit.freeze(..., optimize_numerics=False)``): the
     weights the graph uses become constants and the module's unused ones are dropped (a target whose forward
     computes outputs that are not exported, e.g. CALF's text branch, would otherwise ship all of them).
@@ -93,6 +95,7 @@ class ExportSpec:
     stepwise: Optional[StepwiseCheck] = None
     make_inputs: Optional[Callable[[Sizes, torch.Generator], Tuple[Tensor, ...]]] = None
     exporter: str = "dynamo"
+    unsupported_exporters: Mapping[str, str] = field(default_factory=dict)
     graph: str = "model"
     atol: float = 1e-4
     torchscript_freeze: bool = False
@@ -125,6 +128,8 @@ class ExportSpec:
             raise SpecError(f"{self.name}: tensor names must be unique; repeated: {dup}")
         if self.exporter not in EXPORTERS:
             raise SpecError(f"{self.name}: exporter must be one of {EXPORTERS}; got {self.exporter!r}")
+        if self.exporter in self.unsupported_exporters:
+            raise SpecError(f"{self.name}: its preferred exporter {self.exporter!r} is also listed as unsupported")
         dims = self.input_dims
         missing = [d for d in dims if d not in self.example_sizes]
         if missing:
@@ -161,6 +166,13 @@ class ExportSpec:
             if self.stepwise.sequence_dim not in dims:
                 raise SpecError(f"{self.name}: stepwise sequence_dim {self.stepwise.sequence_dim!r} is not an "
                                 f"input dim")
+
+    def check_exporter(self, exporter: str) -> None:
+        """Raise ``SpecError`` if ``exporter`` cannot export this model (``unsupported_exporters``)."""
+        if exporter in self.unsupported_exporters:
+            others = [e for e in EXPORTERS if e not in self.unsupported_exporters]
+            raise SpecError(f"{self.name} cannot be exported with the {exporter} exporter: "
+                            f"{self.unsupported_exporters[exporter]}; use --exporter {' or '.join(others)}")
 
     def example_inputs(self, sizes: Sizes, seed: int = 0) -> Tuple[Tensor, ...]:
         """Inputs in graph order at ``sizes`` (symbolic dim -> size), reproducible from ``seed``."""

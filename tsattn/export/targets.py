@@ -16,9 +16,10 @@ nothing of the target's stack. What every builder shares is here:
 - ``target_code(what, ...)``: run the target's own code (building its model, a first forward) and turn its
   failure into ``TargetError`` naming the target file and line, not an internal error.
 
-Adding a target (Hephaestus' ``TimeSeriesDecoder``, Wave-Transformer): write ``tsattn/export/<kind>.py`` with a
-spec function (``ExportSpec``: inputs, outputs, ``CacheSpec`` for a causal model with ``FlatCache`` as the
-adapter, sizes, task) and ``build_<kind>_export`` following ``calf.py``, then add its ``TargetEntry`` below.
+Adding a target (e.g. Wave-Transformer): write ``tsattn/export/<kind>.py`` with a spec function (``ExportSpec``:
+inputs, outputs, ``CacheSpec`` for a causal model with ``FlatCache`` as the adapter, sizes, task) and
+``build_<kind>_export`` following ``calf.py`` (stateless) or ``hephaestus.py`` (a cached decode-step graph), then
+add its ``TargetEntry`` below.
 ``TargetError`` and ``NoExportSpec`` exit 2 in ``tsattn-export``.
 """
 
@@ -187,6 +188,8 @@ def _detects(kind: str) -> Callable[[Path], bool]:
 
 TARGETS: Dict[str, TargetEntry] = {
     "calf": TargetEntry("calf", ("wcmha",), _detects("calf"), _lazy("tsattn.export.calf", "build_calf_export")),
+    "hephaestus": TargetEntry("hephaestus", ("efficient", "local", "sparse", "featurewise", "chunked", "flash", "wcmha"),
+                              _detects("hephaestus"), _lazy("tsattn.export.hephaestus", "build_hephaestus_export")),
 }
 
 PLANNED = ("calf", "hephaestus", "wave_transformer")  # every injector kind; --list names those without a spec

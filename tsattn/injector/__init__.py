@@ -11,7 +11,8 @@ Modules (one concept each):
     cli.py          the command line
     recipes/        one module per recipe (registered at import); recipe templates in sub-packages
 
-Adding a recipe (e.g. for issue #5, Hephaestus) is adding ONE module, ``recipes/<kind>_<feature>.py``::
+Adding a recipe is adding ONE module, ``recipes/<kind>_<feature>.py`` (real ones: ``calf_wcmha.py``,
+``wave_transformer_enhancements.py``, ``hephaestus_efficient.py``, which registers several features)::
 
     from pathlib import Path
     from tsattn.injector.codemods import AddImport, AddArgparseArgument, WrapCall, SetKeyword, ...

@@ -22,7 +22,14 @@ missing anchor raises ``AnchorNotFound`` naming the file (``context.filename``) 
                                                   ...); again: rebuilt around the original call
     SetKeyword(callee, keyword, value, scope=None)
                                                   add or update ``keyword=value`` in calls to ``callee``
+                                                  (``keyword="**"``: the call's ``**value`` argument)
     SetParameterDefault(function, param, value)   add or update the default of a parameter of ``function``
+    AddKeywordsParameter(function, name)          ``def f(..., **name)``: the catch-all keyword parameter
+    ReplaceExpression(scope, old, new)            every expression ``old`` (compared as Python) in ``scope``
+                                                  becomes ``new``: a constructor call, ``range(1, 4)``, ...
+    ExtendTuple(name, values, after)              the module-level ``NAME = (...)`` holds ``values`` (added
+                                                  when missing: recipes can each add theirs); created after
+                                                  the statement ``after`` when absent
     InsertStatements(scope, after, statements)    statements after the statement ``after`` (compared as Python,
                                                   not text; or after the last of several) in ``scope``'s body
                                                   or a block nested in it (loop, if, with, try); updated in
@@ -57,10 +64,13 @@ __all__ = [
     "AddArgparseArgument",
     "AddClass",
     "AddImport",
+    "AddKeywordsParameter",
     "AddMethod",
     "Code",
+    "ExtendTuple",
     "InsertStatements",
     "NO_VALUE",
+    "ReplaceExpression",
     "RewriteImportFrom",
     "SetKeyword",
     "SetParameterDefault",
@@ -591,7 +601,10 @@ class WrapCall(_Codemod):
 
 
 class SetKeyword(_Codemod):
-    """Add or update ``keyword=value`` in every call to ``callee`` (within ``scope`` when given)."""
+    """Add or update ``keyword=value`` in every call to ``callee`` (within ``scope`` when given).
+
+    ``keyword="**"`` is the call's ``**value`` argument (added last, or its value updated).
+    """
 
     DESCRIPTION = "Add or update a keyword argument of calls."
 
@@ -613,13 +626,26 @@ class SetKeyword(_Codemod):
         value = literal(self.value, self.quote)
         args = list(updated_node.args)
         for i, arg in enumerate(args):
+            if self.keyword == "**" and arg.star == "**":
+                args[i] = arg.with_changes(value=value)
+                break
             if arg.keyword is not None and arg.keyword.value == self.keyword:
                 args[i] = arg.with_changes(value=value)
                 break
         else:
-            if args and args[-1].comma is not cst.MaybeSentinel.DEFAULT:
-                args[-1] = args[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
-            args.append(_keyword(self.keyword, value))
+            new = cst.Arg(value=value, star="**") if self.keyword == "**" else _keyword(self.keyword, value)
+            if args and isinstance(args[-1].comma, cst.Comma):
+                # a trailing comma (e.g. one argument per line): the new argument takes it, and the old last one
+                # the separator the others use, so that the layout is kept
+                between = args[-2].comma if len(args) > 1 and isinstance(args[-2].comma, cst.Comma) else None
+                between = between.deep_clone() if between is not None else cst.Comma(
+                    whitespace_after=cst.SimpleWhitespace(" "))
+                new = new.with_changes(comma=args[-1].comma)
+                args[-1] = args[-1].with_changes(comma=between)
+            elif args:  # the new argument takes what followed the old last one (e.g. a line break before ")")
+                new = new.with_changes(whitespace_after_arg=args[-1].whitespace_after_arg)
+                args[-1] = args[-1].with_changes(whitespace_after_arg=cst.SimpleWhitespace(""))
+            args.append(new)
         return updated_node.with_changes(args=args)
 
     def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
@@ -671,6 +697,181 @@ class SetParameterDefault(_Codemod):
         if not self.found:
             raise AnchorNotFound(self.path, f"def {self.function}")
         return updated_node
+
+
+class AddKeywordsParameter(_Codemod):
+    """Give ``function`` (dotted: ``"Block.__init__"``) the catch-all keyword parameter ``**name``; one that is
+    there already is kept. A ``**`` parameter of another name raises ``AnchorNotFound`` (it would take the
+    keywords meant for ``name``)."""
+
+    DESCRIPTION = "Add a **kwargs parameter to a function."
+
+    def __init__(self, context: CodemodContext, function: str, name: str) -> None:
+        super().__init__(context)
+        self.function, self.name = function, name
+        self.found = False
+
+    def leave_FunctionDef(self, original_node: cst.FunctionDef, updated_node: cst.FunctionDef) -> cst.FunctionDef:
+        here = self.scope
+        super().leave_FunctionDef(original_node, updated_node)
+        if here != self.function:
+            return updated_node
+        params = updated_node.params
+        star = params.star_kwarg
+        if star is not None:
+            if star.name.value != self.name:
+                raise AnchorNotFound(self.path, f"def {self.function} with **{self.name} (it has **{star.name.value})")
+            self.found = True
+            return updated_node
+        self.found = True
+        new = cst.Param(name=cst.Name(self.name), star="**")
+        fields = [f for f in ("params", "kwonly_params") if getattr(params, f)]
+        last_field = fields[-1] if fields else None
+        if params.star_arg is not cst.MaybeSentinel.DEFAULT and isinstance(params.star_arg, cst.Param) \
+                and not params.kwonly_params:
+            last_field = "star_arg"
+        if last_field is None:
+            return updated_node.with_changes(params=params.with_changes(star_kwarg=new))
+        # as in SetParameterDefault: the new parameter takes the old last one's trailing comma and whitespace
+        if last_field == "star_arg":
+            last = params.star_arg
+            between = cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+        else:
+            items = list(getattr(params, last_field))
+            last = items[-1]
+            between = items[-2].comma if len(items) > 1 and isinstance(items[-2].comma, cst.Comma) else None
+            between = between.deep_clone() if between is not None else cst.Comma(
+                whitespace_after=cst.SimpleWhitespace(" "))
+        new = new.with_changes(comma=last.comma, whitespace_after_param=last.whitespace_after_param)
+        last = last.with_changes(comma=between, whitespace_after_param=cst.SimpleWhitespace(""))
+        if last_field == "star_arg":
+            params = params.with_changes(star_arg=last, star_kwarg=new)
+        else:
+            items[-1] = last
+            params = params.with_changes(**{last_field: items}, star_kwarg=new)
+        return updated_node.with_changes(params=params)
+
+    def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
+        if not self.found:
+            raise AnchorNotFound(self.path, f"def {self.function}")
+        return updated_node
+
+
+def _expression_python(code: str, blank_constants: bool = False) -> str:
+    tree = ast.parse(code.strip(), mode="eval")
+    if blank_constants:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant):
+                node.value = None
+    return ast.dump(tree)
+
+
+class ReplaceExpression(_Codemod):
+    """Replace every expression ``old`` inside ``scope`` (``""``: module level; nested blocks, comprehensions and
+    lambdas included, nested defs and classes not) by the expression ``new``.
+
+    Expressions are compared as Python (their AST): formatting, comments, parentheses and a trailing comma do not
+    matter. ``new`` is written as given (its quotes follow the file); continuation lines are relative to the
+    statement's indentation. Idempotent: where no ``old`` is left, an expression that is ``new`` with other
+    constants is updated to ``new``, and ``new`` itself is left alone; neither present raises ``AnchorNotFound``.
+    """
+
+    DESCRIPTION = "Replace an expression (compared as Python) by another."
+
+    def __init__(self, context: CodemodContext, scope: str, old: str, new: str) -> None:
+        super().__init__(context)
+        self.target_scope, self.old, self.new = scope, old, new
+        self.old_python = _expression_python(old)
+        self.new_python = _expression_python(new)
+        self.new_shape = _expression_python(new, blank_constants=True)
+        self.old_type = type(cst.parse_expression(old.strip()))
+        self.new_type = type(cst.parse_expression(new.strip()))
+        self.found = False
+
+    def descend(self, node: cst.SimpleStatementLine) -> bool:
+        return self.scope == self.target_scope
+
+    def on_leave(self, original_node: cst.CSTNode, updated_node: cst.CSTNode):
+        result = super().on_leave(original_node, updated_node)
+        if self.scope != self.target_scope or not isinstance(result, (self.old_type, self.new_type)):
+            return result
+        code = cst.Module(body=[]).code_for_node(result.with_changes(lpar=[], rpar=[]))
+        try:
+            here = _expression_python(code)
+        except SyntaxError:  # e.g. a bare starred element
+            return result
+        if here == self.old_python or (here != self.new_python and
+                                       _expression_python(code, blank_constants=True) == self.new_shape):
+            self.found = True
+            new = cst.parse_expression(self.new.strip()).visit(_MatchQuotes(self.quote))
+            return new.with_changes(lpar=result.lpar, rpar=result.rpar) if hasattr(new, "lpar") else new
+        if here == self.new_python:
+            self.found = True
+        return result
+
+    def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
+        if not self.found:
+            where = self.target_scope or "module level"
+            raise AnchorNotFound(self.path, f"expression `{self.old.strip()}` in {where}")
+        return updated_node
+
+
+class ExtendTuple(_Codemod):
+    """The module-level assignment ``name = (...)``, a tuple of literals, holds every one of ``values``: the
+    missing ones are appended, in order, the others kept where they are (so several recipes can each add their
+    own to one registry). Without the assignment, ``name = (values...)`` is inserted after the module-level
+    statement ``after`` (compared as Python), with ``comment`` as a comment line above it when given."""
+
+    DESCRIPTION = "Add values to a module-level tuple, or create it."
+
+    def __init__(self, context: CodemodContext, name: str, values: Sequence[Any], after: str,
+                 comment: Optional[str] = None) -> None:
+        super().__init__(context)
+        self.name, self.values, self.comment = name, tuple(values), comment
+        self.after, self.after_python = after, _python(after)
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
+        super().visit_ClassDef(node)
+        return False  # only the module's own statements matter
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        super().visit_FunctionDef(node)
+        return False
+
+    def _assignment(self, statement: cst.CSTNode) -> Optional[cst.Assign]:
+        if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1 \
+                and isinstance(statement.body[0], cst.Assign) and len(statement.body[0].targets) == 1 \
+                and m.matches(statement.body[0].targets[0].target, m.Name(self.name)):
+            return statement.body[0]
+        return None
+
+    def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
+        body = list(updated_node.body)
+        for i, statement in enumerate(body):
+            assign = self._assignment(statement)
+            if assign is None:
+                continue
+            try:
+                current = ast.literal_eval(cst.Module(body=[]).code_for_node(assign.value))
+            except ValueError:
+                raise AnchorNotFound(self.path, f"{self.name} = (...) holding only literals") from None
+            if not isinstance(current, tuple):
+                raise AnchorNotFound(self.path, f"{self.name} = (...) as a tuple (it is a {type(current).__name__})")
+            missing = [v for v in self.values if v not in current]
+            if missing:
+                value = literal(current + tuple(missing), self.quote)
+                body[i] = statement.with_changes(body=[assign.with_changes(value=value)])
+            return updated_node.with_changes(body=body)
+        for i, statement in enumerate(body):
+            if _python(_code(statement)) == self.after_python:
+                new = cst.SimpleStatementLine(body=[cst.Assign(
+                    targets=[cst.AssignTarget(cst.Name(self.name))], value=literal(self.values, self.quote))])
+                if self.comment:
+                    new = new.with_changes(leading_lines=[
+                        cst.EmptyLine(), cst.EmptyLine(comment=cst.Comment("# " + self.comment))])
+                body.insert(i + 1, new)
+                return updated_node.with_changes(body=body)
+        raise AnchorNotFound(self.path, f"module-level statement `{self.after.strip()}`")
 
 
 class InsertStatements(_Codemod):

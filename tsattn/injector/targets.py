@@ -62,7 +62,7 @@ register_kind(TargetKind(
 ))
 register_kind(TargetKind(
     "hephaestus", "IndustryTransformer/Hephaestus: transformers for tabular time series",
-    (Fingerprint("hephaestus/timeseries_models/models.py", ("TimeSeriesTransformer",)),
+    (Fingerprint("hephaestus/timeseries_models/models.py", ("TransformerBlock", "TimeSeriesTransformer", "TimeSeriesDecoder")),
      Fingerprint("hephaestus/timeseries_models/multihead_attention.py", ("MultiHeadAttention4D",))),
 ))
 register_kind(TargetKind(

@@ -32,6 +32,13 @@ float (added to the scores); it applies on top of the pattern. A row left with n
 block can see, through the fused ``F.scaled_dot_product_attention`` with a block-sized mask: no L x L tensor is
 built, memory is O(L * keys per query). Exported graphs (tracing, torch.export, ONNX) take one dense mask with
 symbolic shapes instead, because a loop over blocks would be unrolled for one length.
+
+KV cache (causal modules, every type): ``forward(query, key, value, mask, past=(key, value))`` takes the keys and
+values of the P positions before this call, each (B, n_heads * n_columns, P, head_dim) -- one kv head per (head,
+column) pair, index h * n_columns + c -- and returns ``(output, present)`` with this call's positions appended.
+Patterns and decays are evaluated at true positions (query i of the call is position P + i), so a step with the
+cache equals one forward over all positions for every type: nothing slides, the cache keeps every position
+(``local``'s window and ``chunked``'s chunks only mask it). The cached path is one dense (L, P + L) mask.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -141,14 +148,19 @@ class AttentionPattern:
         return segments
 
 
-def _extra_mask(mask: Optional[Tensor], length: int) -> Optional[Tensor]:
-    """Hephaestus' extra mask, (L, L) or (B, L, L), as (B|1, 1, L, L); raises ValueError naming ``mask``."""
+def _extra_mask(mask: Optional[Tensor], length: int, keys: Optional[int] = None) -> Optional[Tensor]:
+    """Hephaestus' extra mask, (L, L) or (B, L, L), as (B|1, 1, L, L); raises ValueError naming ``mask``.
+
+    ``keys``: the number of keys when it differs from the number of queries ``length`` (a KV cache: the mask is
+    then (L, P + L) or (B, L, P + L)).
+    """
     if mask is None:
         return None
+    keys = length if keys is None else keys
     if mask.dim() not in (2, 3):
         raise ValueError(f"mask must be (L, L) or (batch, L, L); got shape {tuple(mask.shape)}")
-    if not is_exporting() and tuple(mask.shape[-2:]) != (length, length):
-        raise ValueError(f"mask must end in (L, L) = ({length}, {length}); got shape {tuple(mask.shape)}")
+    if not is_exporting() and tuple(mask.shape[-2:]) != (length, keys):
+        raise ValueError(f"mask must end in (queries, keys) = ({length}, {keys}); got shape {tuple(mask.shape)}")
     return mask.unsqueeze(0).unsqueeze(0) if mask.dim() == 2 else mask.unsqueeze(1)
 
 
@@ -286,6 +298,9 @@ class _Attention4D(nn.Module):
         self.n_heads = self.num_heads = n_heads
         self.head_dim = d_model // n_heads
         self.causal = bool(causal)
+        # which keys a query sees, and the decay bias: subclasses narrow them; the KV-cache path reads both
+        self.pattern = AttentionPattern(self.causal)
+        self.decay: Optional[DecayBias] = None
         self._build_projections()
         self.dropout = nn.Dropout(dropout)
         self._init_projections()
@@ -329,11 +344,50 @@ class _Attention4D(nn.Module):
         """The attention core on projected heads: q, k, v (B, H, C, L, D) -> ((B, H, C, L, D), weights or None)."""
         raise NotImplementedError
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor,
-                mask: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+    def attend_cached(self, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor],
+                      past: Tuple[Tensor, Tensor]) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        """Attention of the new positions over the cache and themselves (the KV-cache path of ``forward``).
+
+        q, k, v: (B, H, C, L, D), the L new positions; past: (key, value), each (B, H * C, P, D), the P positions
+        before them (P may be 0). Returns the context (B, H, C, L, D) and present = (key, value), each
+        (B, H * C, P + L, D). Query i is at position P + i: the pattern and the decay see true positions, so
+        every type gives what one forward over all P + L positions gives at these queries. One dense
+        (L, P + L) mask, evaluated by ``F.scaled_dot_product_attention``. Raises ValueError without ``causal``
+        (earlier outputs would depend on later keys) or for a past of the wrong shape.
+        """
+        if not self.causal:
+            raise ValueError("past (a KV cache) needs causal attention; this module was built with causal=False")
+        b, h, c, length, d = q.shape
+        past_key, past_value = past
+        if not is_exporting():
+            for name, t in (("key", past_key), ("value", past_value)):
+                if t.dim() != 4 or (t.shape[0], t.shape[1], t.shape[3]) != (b, h * c, d) \
+                        or t.shape[2] != past_key.shape[2] or t.dtype != q.dtype:
+                    raise ValueError(f"past {name} must be (batch, n_heads * n_columns, past, head_dim) = ({b}, "
+                                     f"{h * c}, P, {d}) of dtype {q.dtype}, like the key; got {tuple(t.shape)} "
+                                     f"{t.dtype}")
+        key = torch.cat([past_key, k.reshape(b, h * c, length, d)], dim=2)  # (B, H*C, P+L, D)
+        value = torch.cat([past_value, v.reshape(b, h * c, length, d)], dim=2)
+        total = key.shape[2]
+        kpos = torch.arange(total, device=q.device)
+        qpos = kpos[total - length:]
+        extra = _extra_mask(mask, length, total)  # (B|1, 1, L, P+L)
+        bias = _block_mask(self.pattern, qpos, kpos, self.decay, extra, c, q.dtype)  # (B|1, H*C|1, L, P+L)
+        out = F.scaled_dot_product_attention(q.reshape(b, h * c, length, d), key, value, attn_mask=bias,
+                                             dropout_p=self.dropout_p)
+        return out.view(b, h, c, length, d), (key, value)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, mask: Optional[Tensor] = None,
+                past: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Any]:
         """query, key, value: (B, C, L, d_model) or (B, L, d_model), all the same shape; mask: (L, L) or (B, L, L).
 
         Returns (output of query's shape, attention weights (B, H, C, L, L) / (B, H, L, L) or None).
+
+        ``past`` (a KV cache; causal modules only): (key, value) of the P positions before these L, each
+        (B, n_heads * n_columns, P, head_dim) -- the cache convention's (batch, kv_heads, length, head_dim) with
+        one kv head per (head, column) pair, index h * n_columns + c (a 3D input is one column). Returns
+        (output, present) instead, present = the cache with these positions appended (P + L); a mask is then
+        (L, P + L) or (B, L, P + L). Outputs equal one forward over all P + L positions (``attend_cached``).
         Raises ValueError for inputs of another rank, mismatched shapes or a bad mask.
         """
         if query.dim() not in (3, 4):
@@ -346,12 +400,24 @@ class _Attention4D(nn.Module):
         if flat:  # (B, L, d) is one column
             query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
         q, k, v = self.project(query, key, value)
+        if past is not None:
+            context, present = self.attend_cached(q, k, v, mask, past)
+            out = self.merge(context)
+            return (out.squeeze(1) if flat else out), present
         context, weights = self.attend(q, k, v, mask)
         out = self.merge(context)
         if flat:
             out = out.squeeze(1)
             weights = None if weights is None else weights.squeeze(2)
         return out, weights
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # A checkpoint saved without this module's decay (Hephaestus' MultiHeadAttention4D, or a type without
+        # one) loads: the decay keeps its configured values.
+        if self.decay is not None:
+            for name, tensor in self.decay.state_dict().items():
+                state_dict.setdefault(prefix + "decay." + name, tensor)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, n_heads={self.n_heads}, causal={self.causal}"
