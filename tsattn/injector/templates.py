@@ -18,6 +18,7 @@ imports no sibling is copied byte for byte.
 from __future__ import annotations
 
 import ast
+import functools
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Dict, List, Sequence, Tuple
@@ -109,10 +110,15 @@ def render_templates(templates: Sequence[Template]) -> Dict[str, bytes]:
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def _module_body(source: Path) -> Tuple[ast.stmt, ...]:
+    return tuple(ast.parse(source.read_bytes()).body)
+
+
 def template_constant(source: Path, name: str):
     """The literal value of the module-level constant ``name`` of a template, read without importing it (so
-    that ``tsattn-inject`` does not import torch)."""
-    for node in ast.parse(source.read_bytes()).body:
+    that ``tsattn-inject`` does not import torch). Each template is parsed once per process."""
+    for node in _module_body(source):
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
             return ast.literal_eval(node.value)
     raise ValueError(f"{source}: no constant {name}")
