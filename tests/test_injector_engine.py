@@ -278,6 +278,22 @@ def test_targets_that_are_refused_or_unknown(tmp_path, capsys, monkeypatch):
     assert "src/wave_transformer/core/wave_transformer.py defining class WaveTransformer" in err
     assert run_cli("--target", str(other / "src"), "--feature", "wcmha") == 3
     assert "pass its root" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    git.Repo.init(empty)
+    assert run_cli("--target", str(empty), "--feature", "wcmha") == 3
+    assert "no commit to diff against" in capsys.readouterr().err
+    git.Repo.init(tmp_path / "bare.git", bare=True)
+    assert run_cli("--target", str(tmp_path / "bare.git"), "--feature", "wcmha") == 3
+    assert "a bare repository has no work tree" in capsys.readouterr().err
+
+
+def test_linked_worktree_keeps_its_own_record(calf, tmp_path):
+    subprocess.run(["git", "worktree", "add", "-q", str(tmp_path / "wt")], cwd=calf, check=True)
+    result = engine.inject(tmp_path / "wt", "wcmha", patch_out=tmp_path / "wt.patch")
+    assert result.status == "applied" and result.upstream_commit == git.Repo(calf).head.commit.hexsha
+    assert list((calf / ".git" / "worktrees" / "wt" / "tsattn").iterdir())  # the worktree's git dir, not the clone's
+    assert not (calf / ".git" / "tsattn").exists() and (calf / "models" / "PowerformerGPT2.py").exists() is False
+    assert engine.revert(tmp_path / "wt", "wcmha").status == "reverted"
 
 
 def test_usage_errors(calf, capsys):

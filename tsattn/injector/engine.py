@@ -39,6 +39,7 @@ from libcst.codemod import CodemodContext
 from tsattn import __version__
 from tsattn.injector.codemods import QUOTE_KEY, file_quote
 from tsattn.injector.errors import AnchorNotFound, RefusedError, SourceSyntaxError, UsageError
+from tsattn.injector.gitrepo import GitRepo
 from tsattn.injector.recipe import Edit, Recipe, get_recipe
 from tsattn.injector.targets import KINDS, detect
 from tsattn.injector.templates import render_templates
@@ -74,25 +75,10 @@ class Result:
 # --- target --------------------------------------------------------------------------------------------------
 
 
-def open_target(target: os.PathLike) -> Tuple[Path, Any]:
-    """(root, git.Repo) of the work tree at ``target``; ``RefusedError`` if it is not the root of one."""
-    import git
-
-    root = Path(target).resolve()
-    if not root.is_dir():
-        raise UsageError(f"--target {target}: not a directory")
-    try:
-        repo = git.Repo(root, search_parent_directories=True)
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-        raise RefusedError(f"{root}: not a git work tree (tsattn-inject edits only clones it can diff and restore)")
-    if repo.bare or repo.working_tree_dir is None:
-        raise RefusedError(f"{root}: a bare repository has no work tree")
-    top = Path(repo.working_tree_dir).resolve()
-    if top != root:
-        raise RefusedError(f"{root}: inside the git work tree {top}; pass its root as --target")
-    if not repo.head.is_valid():
-        raise RefusedError(f"{root}: the repository has no commit to diff against")
-    return root, repo
+def open_target(target: os.PathLike) -> Tuple[Path, GitRepo]:
+    """(root, GitRepo) of the work tree at ``target``; ``RefusedError`` if it is not the root of one."""
+    repo = GitRepo.open(target)
+    return repo.root, repo
 
 
 def _sha(data: Optional[bytes]) -> Optional[str]:
@@ -192,52 +178,40 @@ def _preamble(recipe: Recipe, options: Mapping[str, Any], commit: str, name: str
     ).encode()
 
 
-def make_patch(repo: Any, files: Mapping[str, Optional[bytes]]) -> bytes:
+def make_patch(repo: GitRepo, files: Mapping[str, Optional[bytes]]) -> bytes:
     """``git diff`` of HEAD against HEAD with ``files`` (path -> bytes, None: deleted) put in, a/ b/ prefixes.
 
     Computed with a temporary index and object directory (the repository's objects as an alternate), so that it
     works before anything is written and writes nothing into the repository.
     """
-    head = repo.head.commit.tree
-    objects = Path(repo.common_dir if hasattr(repo, "common_dir") else repo.git_dir) / "objects"
+    modes = repo.modes([p for p, data in files.items() if data is not None])
     with tempfile.TemporaryDirectory(prefix="tsattn-diff-") as tmp:
         env = {"GIT_INDEX_FILE": os.path.join(tmp, "index"), "GIT_OBJECT_DIRECTORY": os.path.join(tmp, "objects"),
-               "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(objects)}
+               "GIT_ALTERNATE_OBJECT_DIRECTORIES": str(repo.objects_dir)}
         os.mkdir(env["GIT_OBJECT_DIRECTORY"])
-        repo.git.read_tree("HEAD", env=env)
+        repo.run("read-tree", "HEAD", env=env)
         entries = []
-        for i, (path, data) in enumerate(files.items()):
+        for path, data in files.items():
             if data is None:
                 entries.append(f"0 {'0' * 40}\t{path}")
                 continue
-            blob = os.path.join(tmp, f"blob{i}")
-            Path(blob).write_bytes(data)
-            sha = repo.git.hash_object("-w", f"--path={path}", blob, env=env)
-            try:
-                mode = head[path].mode
-            except KeyError:
-                mode = 0o100644
-            entries.append(f"{mode:o} {sha}\t{path}")
-        listing = os.path.join(tmp, "entries")
-        Path(listing).write_text("\n".join(entries) + "\n")
-        with open(listing, "rb") as stdin:
-            repo.git.update_index("--index-info", istream=stdin, env=env)
-        return repo.git.diff(
-            "--cached", "HEAD", "--no-color", "--no-ext-diff", "--no-renames", "--src-prefix=a/",
-            "--dst-prefix=b/", "--", *files, env=env, stdout_as_string=False, strip_newline_in_stdout=False,
-        )
+            sha = repo.run("hash-object", "-w", "--stdin", f"--path={path}", env=env, stdin=data).decode().strip()
+            entries.append(f"{modes.get(path, 0o100644):o} {sha}\t{path}")
+        repo.run("update-index", "--index-info", env=env, stdin=("\n".join(entries) + "\n").encode())
+        return repo.run("diff", "--cached", "HEAD", "--no-color", "--no-ext-diff", "--no-renames", "--src-prefix=a/",
+                        "--dst-prefix=b/", "--", *files, env=env)
 
 
 # --- safety --------------------------------------------------------------------------------------------------
 
 
-def _dirty(repo: Any, paths: Sequence[str]) -> Dict[str, str]:
+def _dirty(repo: GitRepo, paths: Sequence[str]) -> Dict[str, str]:
     """Git status (XY) of the paths with uncommitted changes, untracked files included."""
     if not paths:
         return {}
-    out = repo.git.status("--porcelain=v1", "-z", "--untracked-files=all", "--", *paths)
+    out = repo.run("status", "--porcelain=v1", "-z", "--untracked-files=all", "--", *paths)
     status = {}
-    for entry in out.split("\0"):
+    for entry in out.decode("utf-8", "surrogateescape").split("\0"):
         if len(entry) > 3:
             status[entry[3:]] = entry[:2]
     return status
@@ -285,7 +259,7 @@ def inject(
     state = load_state(repo, recipe)
     opts = recipe.resolve(state["options"] if state else {}, options or {})
     files = plan(root, recipe, opts)
-    commit = repo.head.commit.hexsha
+    commit = repo.head()
     patch_file = Path(patch_out if patch_out is not None else Path("patches") / f"{recipe.kind}-{recipe.feature}.patch")
     diff = make_patch(repo, {p: planned for p, (_, planned) in files.items()})
     patch = _preamble(recipe, opts, commit, patch_file.name) + diff if diff else b""
