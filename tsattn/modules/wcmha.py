@@ -36,6 +36,7 @@ DECAY_TYPES = ("powerlaw", "simpowerlaw", "butterworth", "step", "none")
 _DECAY_ALIASES = {"butter1": ("butterworth", 1), "butter2": ("butterworth", 2), "causal": ("none", None)}
 _FREQZ_POINTS = 512  # scipy.signal.freqz's default worN, which the authors' Butterworth mask samples
 _BUTTER_CUTOFF = 0.8  # the authors' Butterworth cutoff, as a fraction of Nyquist
+_DENSE_MAX_QUERIES = 16  # up to this many queries (and block_size), decayed_attention uses a dense bias
 
 KVCache = Tuple[Tensor, Tensor]  # (key, value), each (batch, n_kv_heads, length, head_dim)
 
@@ -236,8 +237,9 @@ def decayed_attention(
     Eager evaluation is blockwise: ``block_size`` queries at a time, the bias an ``as_strided`` Toeplitz view
     (never an Lq x Lk tensor); with a window, blocks of about the window's size visit only the keys inside it, so
     that the cost is O(L * window). Exported graphs (tracing, torch.export, ONNX) use one dense bias of shape
-    (1, H|1, Lq, Lk) instead, whose shapes stay symbolic. A trivial bias (causal only) goes straight to SDPA's
-    ``is_causal`` kernel.
+    (1, H|1, Lq, Lk) instead, whose shapes stay symbolic; so do eager calls with at most min(16, block_size)
+    queries (decode steps), where the dense bias is O(Lk). In eager mode a trivial bias (causal only) with Lq == Lk
+    goes straight to SDPA's ``is_causal`` kernel.
     """
     lq, lk = q.shape[2], k.shape[2]
     groups = q.shape[1] // k.shape[1] if kv_groups is None else kv_groups
@@ -247,10 +249,14 @@ def decayed_attention(
     if exporting:  # exporters see plain attention: repeat the kv heads explicitly
         k, v = _expand_kv(k, groups), _expand_kv(v, groups)
     gqa = groups != 1 and not exporting
-    if bias.is_trivial and win is None and bias.causal and lq == lk:
+    # Not when exporting: a graph traced with Lq == Lk (an empty past) would keep is_causal for every later shape,
+    # and is_causal aligns the mask top-left, which is wrong once a past precedes the queries.
+    if not exporting and bias.is_trivial and win is None and bias.causal and lq == lk:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
-    if not exporting:
+    if not exporting and lq > min(_DENSE_MAX_QUERIES, block_size):
         return _blocked_attention(q, k, v, bias, win, block_size, dropout_p, gqa)
+    # Exports, and a few queries (decode steps): one dense (1, H|1, Lq, Lk) bias. For Lq this small it costs
+    # O(Lk), whereas the blocked path would copy (flip) the whole key/value cache on every call.
     mask = dense_bias(bias, lq, lk, win, q.dtype, q.device)  # (1, H|1, Lq, Lk)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
 
