@@ -1,6 +1,6 @@
 """Independent float64 references for seed 002's models (tsattn.models), written from the definitions.
 
-Only the models' parameters are read; every computation (sinusoidal positions, layer norm, attention with an
+Only the models' parameters are read (detached: references carry no gradient); every computation (sinusoidal positions, layer norm, attention with an
 explicit mask, the MoE routing with a per-token loop) is written out here, with no import of tsattn.
 """
 
@@ -28,14 +28,14 @@ def sinusoid(positions, dim: int) -> torch.Tensor:
 
 
 def linear(layer, x):
-    y = x @ layer.weight.to(F64).T
-    return y if layer.bias is None else y + layer.bias.to(F64)
+    y = x @ layer.weight.detach().to(F64).T
+    return y if layer.bias is None else y + layer.bias.detach().to(F64)
 
 
 def layer_norm(ln, x):
     mean = x.mean(-1, keepdim=True)
     var = ((x - mean) ** 2).mean(-1, keepdim=True)
-    return (x - mean) / torch.sqrt(var + ln.eps) * ln.weight.to(F64) + ln.bias.to(F64)
+    return (x - mean) / torch.sqrt(var + ln.eps) * ln.weight.detach().to(F64) + ln.bias.detach().to(F64)
 
 
 def self_attention(sa, x, window: Optional[int]):

@@ -74,7 +74,7 @@ def test_autoregressive_matches_float64_reference(attention_type, groups, moe, d
     y = m(x)
     want, aux = ref.autoregressive(m, x)
     assert (y - want).abs().max() < 1e-10
-    assert abs(float(m.aux_loss) - float(aux)) < 1e-12
+    assert abs(float(m.aux_loss.detach()) - float(aux)) < 1e-12
     # sliding window (expanding_context=False): every layer's query sees itself and max_seq_len - 1 earlier positions
     m.max_seq_len = 4
     want, _ = ref.autoregressive(m, x, window=3)
@@ -92,7 +92,7 @@ def test_regression_model_matches_float64_reference(causal, attention_type, grou
     want, aux = ref.regression(m, x)
     y = m(x)
     assert y.shape == (3, 1) and (y - want).abs().max() < 1e-10
-    assert abs(float(m.aux_loss) - float(aux)) < 1e-12 and float(aux) > 0
+    assert abs(float(m.aux_loss.detach()) - float(aux)) < 1e-12 and float(aux) > 0
     want, _ = ref.regression(m, x, window=4)
     assert (m(x, expanding_context=False) - want).abs().max() < 1e-10
 
@@ -104,7 +104,7 @@ def test_encoder_decoder_matches_float64_reference(attention_type, groups, moe):
     s, t = _rand(2, 7, 2, seed=2).double(), _rand(2, 9, 2, seed=3).double()
     want, aux = ref.encoder_decoder(m, s, t)
     assert (m(s, t) - want).abs().max() < 1e-10
-    assert abs(float(m.aux_loss) - float(aux)) < 1e-12
+    assert abs(float(m.aux_loss.detach()) - float(aux)) < 1e-12
     enc = m.encode(s)
     assert enc.shape == (2, 7, E) and (m.decode(t, enc) - want).abs().max() < 1e-10
     m.max_seq_len = 3
@@ -338,9 +338,9 @@ def test_gqa_one_group_is_mqa_and_all_groups_is_mha(cls):
 # ---------------------------------------------------------------------------------------------- MoE
 
 
-def _moe(capacity, topk, experts=4, seed=8, alpha=0.01):
+def _moe(capacity, topk, experts=4, seed=8, alpha=0.01, grad=False):
     torch.manual_seed(seed)
-    return MOE(8, 12, num_experts=experts, capacity=capacity, alpha=alpha, topk=topk).double()
+    return MOE(8, 12, num_experts=experts, capacity=capacity, alpha=alpha, topk=topk).double().requires_grad_(grad)
 
 
 @pytest.mark.parametrize("topk", [1, 2, 3])
@@ -403,7 +403,7 @@ def test_moe_uniform_routing_gives_aux_loss_alpha(topk):
 
 @pytest.mark.parametrize("topk", [1, 2])
 def test_moe_router_gets_a_gradient(topk):
-    m = _moe(capacity=3, topk=topk).float()
+    m = _moe(capacity=3, topk=topk, grad=True).float()
     x = _rand(2, 6, 8)
     y, aux = m(x)
     (y.square().mean() + aux).backward()
@@ -419,7 +419,7 @@ def test_moe_model_exposes_summed_aux_loss_for_training():
     m.train()
     x = _rand(2, 8, 3)
     y = m(x)
-    assert m.aux_loss.requires_grad and float(m.aux_loss) > 0
+    assert m.aux_loss.requires_grad and float(m.aux_loss.detach()) > 0
     (y.square().mean() + m.aux_loss).backward()
     assert m.layers[0].ffn.router.weight.grad.abs().sum() > 0
 
