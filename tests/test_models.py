@@ -459,3 +459,33 @@ def test_bad_configurations_raise_value_error_naming_the_argument(build, name):
 def test_unknown_attention_keyword_is_a_type_error():
     with pytest.raises(TypeError, match="dropoutt"):
         get_attention("mha", 16, 4, dropoutt=0.1)
+
+
+def test_stateful_cache_keeps_gradients_and_matches_the_full_forward_gradient():
+    """Seed 002: "Caching preserves gradient computation during training"."""
+    m = _ar("gqa", 2, max_seq_len=4)
+    cached = _twin(_ar, m, "gqa", 2, max_seq_len=4, use_kv_cache=True)
+    x = _rand(2, 9, 3)
+    for expanding in (True, False):
+        m.zero_grad()
+        cached.zero_grad()
+        cached.reset_cache()
+        m(x, expanding_context=expanding).square().sum().backward()
+        steps = [cached(x[:, t:t + 3], expanding_context=expanding) for t in range(0, 9, 3)]
+        torch.cat(steps, 1).square().sum().backward()
+        for (name, a), b in zip(m.named_parameters(), cached.parameters()):
+            assert (a.grad - b.grad).abs().max() <= 1e-5, name
+
+
+def test_kv_buffer_appends_in_place_and_slides():
+    from tsattn.models.attention import KVBuffer
+
+    buf, ks = KVBuffer(), []
+    with torch.no_grad():
+        for t in range(100):
+            k = torch.full((2, 1, 1, 4), float(t))
+            ks.append(k)
+            got_k, _ = buf.append(k, -k)
+            assert torch.equal(got_k, torch.cat(ks[max(0, t - 5):], 2))  # 5 kept + the new one
+            buf.trim(5)
+        assert buf.length == 5 and buf._k.shape[2] <= 64

@@ -12,7 +12,7 @@ Two forms:
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +55,61 @@ def _trim(cache: KVCache, keep: Optional[int]) -> KVCache:
     return k[:, :, -keep:], v[:, :, -keep:]
 
 
+class KVBuffer:
+    """A stateful key/value cache filled in place: what the stateful forms keep between calls.
+
+    Storage is (B, kv_heads, capacity, head_dim); ``append`` writes the new positions after the cached ones and
+    returns views of both, ``trim(keep)`` forgets all but the last ``keep``. When the storage is full the live
+    positions move to a new one of twice the needed size, so an append costs O(new positions) amortised instead of
+    the O(cache) copy of ``torch.cat``. While autograd records (new keys that require grad) it concatenates
+    instead, so that training through the cache keeps its gradients. ``view()`` is the cache as a (key, value) pair of
+    (B, kv_heads, length, head_dim) views, or None when empty.
+    """
+
+    def __init__(self) -> None:
+        self._k: Optional[Tensor] = None
+        self._v: Optional[Tensor] = None
+        self._start = self._end = 0
+
+    @property
+    def length(self) -> int:
+        return self._end - self._start
+
+    def view(self) -> Optional[KVCache]:
+        if self._k is None:
+            return None
+        return self._k[:, :, self._start:self._end], self._v[:, :, self._start:self._end]
+
+    def append(self, k: Tensor, v: Tensor) -> KVCache:
+        n = k.shape[2]
+        if self._k is not None and (self._k.shape[0] != k.shape[0] or self._k.shape[1] != k.shape[1]):
+            raise ValueError(f"the cached sequence has batch {self._k.shape[0]} and {self._k.shape[1]} kv heads; "
+                             f"got {tuple(k.shape)}: call reset_cache() to start another")
+        if torch.is_grad_enabled() and (k.requires_grad or v.requires_grad):
+            # autograd saved the earlier views for backward: never write into them, concatenate instead
+            old = self.view()
+            self._k = k if old is None else torch.cat([old[0], k], dim=2)
+            self._v = v if old is None else torch.cat([old[1], v], dim=2)
+            self._start, self._end = 0, self._k.shape[2]
+            return self.view()
+        if self._k is None or self._end + n > self._k.shape[2]:
+            live = self.length
+            shape = (k.shape[0], k.shape[1], max(2 * (live + n), 64), k.shape[3])
+            new_k, new_v = k.new_empty(shape), v.new_empty(shape)
+            if live:
+                new_k[:, :, :live] = self._k[:, :, self._start:self._end]
+                new_v[:, :, :live] = self._v[:, :, self._start:self._end]
+            self._k, self._v, self._start, self._end = new_k, new_v, 0, live
+        self._k[:, :, self._end:self._end + n] = k
+        self._v[:, :, self._end:self._end + n] = v
+        self._end += n
+        return self.view()
+
+    def trim(self, keep: Optional[int]) -> None:
+        if keep is not None:
+            self._start = max(self._start, self._end - keep)
+
+
 class SelfAttention(nn.Module):
     """Self-attention with ``num_kv_heads`` key/value heads on ``tsattn.modules.GroupedQueryAttention``.
 
@@ -72,7 +127,8 @@ class SelfAttention(nn.Module):
 
     ``step(x, past=None, window=None) -> (y, present)`` (functional): x (B, L, E) are the L positions after the
     P of ``past`` (each (B, kv_heads, P, head_dim)); ``window``: a query sees at most this many earlier positions
-    (None: all). y (B, L, E); present: past and new keys/values, trimmed to what a later query can see.
+    (None: all). y (B, L, E); present: past and new keys/values, trimmed to what a later query can see. A
+    ``KVBuffer`` as ``past`` is appended to in place and returned as ``present`` (the stateful forms).
 
     ``forward(query, key=None, value=None, expanding_context=True) -> y`` (seed 002): self-attention of
     ``query`` (``key``/``value`` may be given only as the same tensor, as in ``attn(x, x, x)``). With
@@ -104,7 +160,7 @@ class SelfAttention(nn.Module):
         self.apply_causal_mask = bool(apply_causal_mask)
         self.use_kv_cache = bool(use_kv_cache)
         self.max_seq_len = max_seq_len
-        self._cache: Optional[KVCache] = None
+        self._cache = KVBuffer()
 
     @property
     def num_heads(self) -> int:
@@ -123,18 +179,24 @@ class SelfAttention(nn.Module):
         limits = [w for w in (window, self.attn.decay.window) if w is not None]
         return min(limits) if limits else None
 
-    def step(self, x: Tensor, past: Optional[KVCache] = None, window: Optional[int] = None) -> Tuple[Tensor, KVCache]:
+    def step(self, x: Tensor, past: Union[KVCache, KVBuffer, None] = None,
+             window: Optional[int] = None) -> Tuple[Tensor, Union[KVCache, KVBuffer]]:
         a = self.attn
         b, l, _ = x.shape
         q = a.q_proj(x).view(b, l, a.n_heads, a.head_dim).transpose(1, 2)  # (B, H, L, D)
         k = a.k_proj(x).view(b, l, a.n_kv_heads, a.head_dim).transpose(1, 2)  # (B, Hkv, L, D)
         v = a.v_proj(x).view(b, l, a.n_kv_heads, a.head_dim).transpose(1, 2)
-        if past is not None:
+        if isinstance(past, KVBuffer):  # stateful: written in place
+            k, v = past.append(k, v)  # views (B, Hkv, P + L, D)
+        elif past is not None:
             k = torch.cat([past[0].to(k.dtype), k], dim=2)  # (B, Hkv, P + L, D)
             v = torch.cat([past[1].to(v.dtype), v], dim=2)
         y = decayed_attention(q, k, v, a.decay, window=window, block_size=a.block_size,
                               kv_groups=a.n_heads // a.n_kv_heads)  # (B, H, L, D)
         y = a.out_proj(y.transpose(1, 2).reshape(b, l, self.embed_dim))
+        if isinstance(past, KVBuffer):
+            past.trim(self.kept_length(window))
+            return y, past
         return y, _trim((k, v), self.kept_length(window))
 
     def window_for(self, expanding_context: bool) -> Optional[int]:
@@ -153,17 +215,16 @@ class SelfAttention(nn.Module):
         window = self.window_for(expanding_context)
         if not self.use_kv_cache:
             return self.step(query, None, window)[0]
-        y, self._cache = self.step(query, self._cache, window)
-        return y
+        return self.step(query, self._cache, window)[0]
 
     def reset_cache(self) -> None:
         """Forget the cached positions (the stateful form's next call starts a new sequence)."""
-        self._cache = None
+        self._cache = KVBuffer()
 
     @property
     def cache(self) -> Optional[KVCache]:
         """The stateful form's cache (key, value), each (B, kv_heads, length, head_dim), or None."""
-        return self._cache
+        return self._cache.view()
 
 
 class MultiHeadAttention(SelfAttention):

@@ -43,7 +43,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from .attention import KVCache, _check_positive, kv_heads_of
+from .attention import KVBuffer, KVCache, _check_positive, kv_heads_of
 from .configs import FFNConfig
 from .layers import TransformerDecoderLayer, TransformerEncoderLayer, add_positions
 
@@ -66,9 +66,17 @@ def _check_past(past: Optional[Sequence[KVCache]], layers: int) -> None:
         raise ValueError(f"past must hold {layers} (key, value) pairs, one per layer; got {len(past)}")
 
 
-def _nbytes(caches: Optional[Sequence[KVCache]]) -> int:
-    return 0 if caches is None else sum(k.numel() * k.element_size() + v.numel() * v.element_size()
-                                        for k, v in caches)
+def _views(caches) -> Optional[Caches]:
+    """(key, value) pairs of a tuple of per-layer caches (``KVBuffer``s or pairs); None when nothing is cached."""
+    if caches is None:
+        return None
+    pairs = tuple(c.view() if isinstance(c, KVBuffer) else c for c in caches)
+    return None if any(p is None for p in pairs) else pairs
+
+
+def _nbytes(caches) -> int:
+    pairs = _views(caches)
+    return 0 if pairs is None else sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in pairs)
 
 
 def _start_position(past: Optional[Sequence[KVCache]], start_pos, expanding_context: bool):
@@ -107,16 +115,16 @@ class _CachedStack(nn.Module):
 
     def reset_cache(self) -> None:
         """Forget the stateful cache: the next call starts a new sequence at position 0."""
-        self._past: Optional[Caches] = None
+        self._past = tuple(KVBuffer() for _ in self.layers)
         self._seen = 0
 
     @property
     def cache(self) -> Optional[Caches]:
         """The stateful cache: one (key, value) per layer, each (B, kv_heads, length, head_dim), or None."""
-        return self._past
+        return _views(self._past)
 
     def cache_nbytes(self) -> int:
-        """Bytes held by the stateful key/value cache."""
+        """Bytes of the cached keys and values (the positions held; the storage grows ahead by up to 2x)."""
         return _nbytes(self._past)
 
     def empty_cache(self, batch: int, dtype: torch.dtype = torch.float32,
@@ -311,7 +319,7 @@ class EncoderDecoder(nn.Module):
 
     def reset_cache(self) -> None:
         """Forget the decoder's cache (self-attention, cross-attention keys/values and the outputs so far)."""
-        self._past: Optional[Caches] = None
+        self._past = tuple(KVBuffer() for _ in self.decoder_layers)
         self._cross: Optional[Caches] = None
         self._memory: Optional[Tensor] = None
         self._memory_version = -1
@@ -321,7 +329,7 @@ class EncoderDecoder(nn.Module):
     @property
     def cache(self) -> Optional[Caches]:
         """The decoder's stateful self-attention cache: one (key, value) per layer, or None."""
-        return self._past
+        return _views(self._past)
 
     def cache_nbytes(self) -> int:
         """Bytes held by the stateful self-attention and cross-attention key/value caches."""

@@ -238,8 +238,8 @@ def decayed_attention(
     (never an Lq x Lk tensor); with a window, blocks of about the window's size visit only the keys inside it, so
     that the cost is O(L * window). Exported graphs (tracing, torch.export, ONNX) use one dense bias of shape
     (1, H|1, Lq, Lk) instead, whose shapes stay symbolic; so do eager calls with at most min(16, block_size)
-    queries (decode steps), where the dense bias is O(Lk). In eager mode a trivial bias (causal only) with Lq == Lk
-    goes straight to SDPA's ``is_causal`` kernel.
+    queries (decode steps), where the dense bias is O(Lk). In eager mode a trivial bias (causal only) goes straight
+    to SDPA: ``is_causal`` when Lq == Lk, no mask for a single query.
     """
     lq, lk = q.shape[2], k.shape[2]
     groups = q.shape[1] // k.shape[1] if kv_groups is None else kv_groups
@@ -249,10 +249,14 @@ def decayed_attention(
     if exporting:  # exporters see plain attention: repeat the kv heads explicitly
         k, v = _expand_kv(k, groups), _expand_kv(v, groups)
     gqa = groups != 1 and not exporting
-    # Not when exporting: a graph traced with Lq == Lk (an empty past) would keep is_causal for every later shape,
-    # and is_causal aligns the mask top-left, which is wrong once a past precedes the queries.
-    if not exporting and bias.is_trivial and win is None and bias.causal and lq == lk:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
+    # Causal-only bias with a window that cuts nothing: SDPA's own kernels. Not when exporting: a graph traced with
+    # Lq == Lk (an empty past) would keep is_causal for every later shape, and is_causal aligns the mask top-left,
+    # which is wrong once a past precedes the queries.
+    if not exporting and bias.is_trivial and bias.causal and (win is None or lk - 1 <= win):
+        if lq == lk:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
+        if lq == 1:  # one query after every key: nothing to mask
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, enable_gqa=gqa)
     if not exporting and lq > min(_DENSE_MAX_QUERIES, block_size):
         return _blocked_attention(q, k, v, bias, win, block_size, dropout_p, gqa)
     # Exports, and a few queries (decode steps): one dense (1, H|1, Lq, Lk) bias. For Lq this small it costs
