@@ -12,7 +12,8 @@ MoE rows {"impl": "moe_top1"|"moe_top2"|"dense_ffn", "tokens": 4096, "ms"}: one 
 512) of width 128 through ``MOE`` with 8 experts of latent 512 and capacity 640 (1.25 x tokens / experts), or the
 dense ``FFN`` of latent 512.
 
-float32, no grad, 2 threads, each case in its own process (bench/harness.py), median of --repeats after a warm-up.
+float32, no grad, each case in its own process (bench/harness.py), median of --repeats after a warm-up; --threads
+(default 2) sets torch's threads. The README's table was taken with --threads 1 (it says why).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Independent float64 references for seed 002's models (tsattn.models), written from the definitions.
 
-Only the models' parameters are read (detached: references carry no gradient); every computation (sinusoidal positions, layer norm, attention with an
-explicit mask, the MoE routing with a per-token loop) is written out here, with no import of tsattn.
+Only the models' parameters are read (detached: references carry no gradient); every computation (sinusoidal
+positions, layer norm, attention with an explicit mask, the MoE routing with a per-token loop) is written out
+here, with no import of tsattn.
 """
 
 from __future__ import annotations

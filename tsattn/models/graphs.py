@@ -7,6 +7,7 @@ Each wrapper is an ``nn.Module`` whose ``forward`` takes and returns tensors onl
     present.{i}.key / .value           outputs  (batch, kv_heads, present_length, head_dim)
     cross_key_values.{i}.key / .value  encoder-decoder cross-attention keys/values, (batch, kv_heads, src_len,
                                        head_dim): outputs of the encoder graph, inputs of the decode-step graph
+                                       (a name chosen here: the convention covers self-attention caches only)
     start_pos                          int64 scalar: absolute position of the step's first input
 
 A decode step with an empty past (length 0) is the prefill. No hidden state: the caller carries the caches.

@@ -26,9 +26,9 @@ Two cache forms:
 
 - seed 002's stateful form (``use_kv_cache=True``): ``model(x_new)`` continues the cached sequence (the input
   holds the new positions only; ``reset_cache()`` starts a new one); ``EncoderDecoder.decode(target, ...)`` takes
-  the whole target so far, computes only the positions not cached yet, and returns every position's output, so
-  its result never depends on the cache. Decoder cross-attention keys/values are computed once per encoder output
-  (a different encoder output tensor restarts the decoder cache).
+  the whole target so far, computes only the positions not cached yet, and returns every position's output: the
+  uncached decode's result, as long as each target extends the one before. Decoder cross-attention keys/values are
+  computed once per encoder output (a different encoder output tensor restarts the decoder cache).
 - the explicit form for export and runtimes: ``step`` / ``decode_step`` take ``past`` and return ``present``
   (one ``(key, value)`` per layer, each (batch, kv_heads, length, head_dim)), no hidden state.
 
@@ -158,10 +158,11 @@ class TransformerModel(_CachedStack):
     apply_causal_mask, max_seq_len, attention_type, ffn_config, use_kv_cache, num_groups``) plus the WCMHA decay
     options of ``SelfAttention`` (``decay="powerlaw", alpha=1.0``, ...).
 
-    ``forward(x, expanding_context=True)``: the pooled prediction (``predict(x)``: the same without the cache). With ``expanding_context=False`` attention sees
-    a window of ``max_seq_len`` positions and the pooling averages the last ``max_seq_len`` positions. With
-    ``use_kv_cache`` (needs ``apply_causal_mask``) x holds the new positions and the prediction pools every
-    position of the context so far (the final hidden states are kept with the keys and values).
+    ``forward(x, expanding_context=True)``: the pooled prediction (``predict(x)``: the same, never cached). With
+    ``expanding_context=False`` attention sees a window of ``max_seq_len`` positions and the pooling averages the
+    last ``max_seq_len`` positions. With ``use_kv_cache`` (needs ``apply_causal_mask``) x holds the new positions
+    and the prediction pools every position of the context so far (the final hidden states are kept with the
+    keys and values).
 
     Raises ``ValueError`` naming the argument for bad sizes (see also ``get_attention`` and ``FFNConfig``).
     """
