@@ -94,3 +94,64 @@ def reference_module(m, x: torch.Tensor, bias: torch.Tensor, past=None) -> torch
     v = v.repeat_interleave(h // hkv, dim=1)
     y = reference_attention(q, k, v, bias).transpose(1, 2).reshape(b, l, h * d)
     return lin(m.out_proj, y)
+
+
+def reference_allowed(
+    length: int,
+    causal: bool = True,
+    window: Optional[int] = None,
+    stride: Optional[int] = None,
+    chunk_size: Optional[int] = None,
+    overlap: int = 0,
+) -> torch.Tensor:
+    """(L, L) bool, True where query i sees key j, built from the patterns' pictures rather than their formulas.
+
+    window: a band of diagonals (the w-1 below the main one; non-causal also the w-1 above); stride: plus the
+    columns 0, stride, 2 * stride, ...; chunk_size: diagonal blocks of that size, each widened by ``overlap``
+    columns to its left; causal: the lower triangle.
+    """
+    ones = np.ones((length, length), dtype=bool)
+    allowed = ones.copy()
+    if window is not None:
+        band = np.tril(ones, window - 1) & np.triu(ones, -(window - 1))
+        if stride is not None:
+            band[:, ::stride] = True
+        allowed &= band
+    if chunk_size is not None:
+        blocks = np.zeros((length, length), dtype=bool)
+        for start in range(0, length, chunk_size):
+            blocks[start : start + chunk_size, max(0, start - overlap) : start + chunk_size] = True
+        allowed &= blocks
+    if causal:
+        allowed &= np.tril(ones)
+    return torch.from_numpy(allowed)
+
+
+def reference_module_4d(m, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                        bias: torch.Tensor) -> torch.Tensor:
+    """An efficient_attention module's forward recomputed in float64 from its projections and an explicit bias.
+
+    query, key, value: (B, C, L, d) or (B, L, d). bias: additive (-inf = masked), broadcastable to (B, H, L, L)
+    and the same for every column. Per-column projections (``q_proj[c]``, featurewise without shared weights) are
+    used when the module has them. Differentiable in the inputs and, for a float64 module, in its parameters.
+    """
+    flat = query.dim() == 3
+    if flat:
+        query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
+    b, c, length, d = query.shape
+    h, hd = m.n_heads, m.head_dim
+
+    def lin(layer, t):
+        return t.to(torch.float64) @ layer.weight.to(torch.float64).T + layer.bias.to(torch.float64)
+
+    def pick(proj, col):
+        return proj[col] if isinstance(proj, torch.nn.ModuleList) else proj
+
+    outs = []
+    for col in range(c):
+        q, k, v = (lin(pick(p, col), x[:, col]).view(b, length, h, hd).transpose(1, 2)
+                   for p, x in ((m.q_proj, query), (m.k_proj, key), (m.v_proj, value)))
+        y = reference_attention(q, k, v, bias).transpose(1, 2).reshape(b, length, d)
+        outs.append(lin(pick(m.out_proj, col), y))
+    out = torch.stack(outs, dim=1)
+    return out.squeeze(1) if flat else out

@@ -250,6 +250,17 @@ def _cache_inputs(m, b, t, p, seed):
 OTHER_SHAPES = [(3, 4, 11), (1, 1, 0), (2, 9, 1), (1, 17, 30)]
 
 
+def test_trace_without_past_of_plain_causal_attention_still_honours_a_past():
+    """A decay='none' model traced with an empty past must not bake in the past-free is_causal fast path."""
+    torch.manual_seed(13)
+    m = GroupedQueryAttention(32, 4, n_kv_heads=2).eval()
+    w = _WithCache(m)
+    traced = torch.jit.trace(w, _cache_inputs(m, 2, 5, 0, 0), check_trace=False)
+    args = _cache_inputs(m, 2, 3, 6, 1)
+    for got, want in zip(traced(*args), w(*args)):
+        assert got.shape == want.shape and (got - want).abs().max() < 1e-5
+
+
 def test_jit_trace_generalises_to_other_shapes():
     torch.manual_seed(9)
     m = WCMHA(32, 4, n_kv_heads=2, alpha=1.0, max_context=20).eval()

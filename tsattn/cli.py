@@ -4,6 +4,7 @@
     tsattn inject ...           same as tsattn-inject
     tsattn export ...           same as tsattn-export
     tsattn serve ...            same as tsattn-serve
+    tsattn analyze ...          same as tsattn-analyze
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from tsattn import __version__
 
 def _commands() -> Dict[str, Callable[[Optional[Sequence[str]]], int]]:
     from tsattn import demo
+    from tsattn.analysis import cli as analyze_cli
     from tsattn.export import cli as export_cli
     from tsattn.injector import cli as inject_cli
     from tsattn.runtime import cli as serve_cli
 
-    return {"demo": demo.main, "inject": inject_cli.main, "export": export_cli.main, "serve": serve_cli.main}
+    return {"demo": demo.main, "inject": inject_cli.main, "export": export_cli.main, "serve": serve_cli.main,
+            "analyze": analyze_cli.main}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -7,6 +7,25 @@ module name when the recipe renames a file.
 """
 
 from .wcmha import DECAY_TYPES, DecayBias, GroupedQueryAttention, WCMHA, decay_values, decayed_attention, dense_bias
+from .wave_ahs import AdaptiveHarmonicSelector, HarmonicSparsificationLoss
+from .wave_fcl import CURRICULUM_MODES, FrequencyCurriculumScheduler, FrequencyMask
+from .wave_mrwp import MultiResolutionWavePyramid
+from .wave_pcca import COHERENCE_MODES, PhaseCoherentAttention, RotaryAttention, RotaryEmbedding, phase_coherence
+from .efficient_attention import (
+    ATTENTION_KWARGS,
+    ATTENTION_TYPES,
+    AttentionPattern,
+    ChunkedAttention,
+    FeaturewiseAttention,
+    FlashAttention,
+    LocalAttention,
+    SparseAttention,
+    StandardAttention,
+    WeightedCausalAttention,
+    benchmark_attention_mechanisms,
+    make_attention,
+    pattern_attention,
+)
 
 __all__ = [
     "DECAY_TYPES",
@@ -16,4 +35,30 @@ __all__ = [
     "decay_values",
     "decayed_attention",
     "dense_bias",
+    # Wave-Transformer enhancements (issue #6)
+    "AdaptiveHarmonicSelector",
+    "HarmonicSparsificationLoss",
+    "CURRICULUM_MODES",
+    "FrequencyCurriculumScheduler",
+    "FrequencyMask",
+    "COHERENCE_MODES",
+    "PhaseCoherentAttention",
+    "RotaryAttention",
+    "RotaryEmbedding",
+    "phase_coherence",
+    "MultiResolutionWavePyramid",
+    # efficient attentions, Hephaestus guide (issue #3)
+    "ATTENTION_KWARGS",
+    "ATTENTION_TYPES",
+    "AttentionPattern",
+    "ChunkedAttention",
+    "FeaturewiseAttention",
+    "FlashAttention",
+    "LocalAttention",
+    "SparseAttention",
+    "StandardAttention",
+    "WeightedCausalAttention",
+    "benchmark_attention_mechanisms",
+    "make_attention",
+    "pattern_attention",
 ]

@@ -249,9 +249,9 @@ def decayed_attention(
     if exporting:  # exporters see plain attention: repeat the kv heads explicitly
         k, v = _expand_kv(k, groups), _expand_kv(v, groups)
     gqa = groups != 1 and not exporting
-    # Causal-only bias with a window that cuts nothing: SDPA's own kernels. Not when exporting: a graph traced with
-    # Lq == Lk (an empty past) would keep is_causal for every later shape, and is_causal aligns the mask top-left,
-    # which is wrong once a past precedes the queries.
+    # Causal-only bias with a window that cuts nothing: SDPA's own kernels. These shortcuts depend on this call's
+    # shapes, so exported graphs must not bake them in (a graph traced without a past would then ignore one, as
+    # is_causal aligns its mask top-left); they always take the dense bias.
     if not exporting and bias.is_trivial and bias.causal and (win is None or lk - 1 <= win):
         if lq == lk:
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)

@@ -1,1 +1,23 @@
-"""ONNX Runtime sessions, per-stream KV-cache state and the server (``tsattn-serve``)."""
+"""ONNX Runtime sessions, per-stream KV-cache state and the server (``tsattn-serve``).
+
+    engine.py    load(export_dir) -> Runtime: verified sessions, streams (open_stream/append/close) with caches
+                 kept as OrtValues on the device, batched stepping, eviction, stateless predict
+    device.py    execution providers: CUDA with IO binding when a GPU is usable, else CPU; what a session really got
+    cacheops.py  device-side gather/scatter of caches for batched steps (tiny Concat/Split graphs)
+    errors.py    the runtime's errors, each with its HTTP status
+    server.py    the ASGI app (FastAPI): streams, predict, health, metrics, token, limits
+    cli.py       tsattn-serve
+
+Importing ``tsattn.runtime`` needs onnxruntime and numpy only (no torch; the server's modules import FastAPI when
+used).
+"""
+
+from tsattn.export.manifest import ManifestError
+from tsattn.runtime.device import DeviceUnavailable
+from tsattn.runtime.engine import Runtime, StepResult, Stream, load
+from tsattn.runtime.errors import (CapacityError, InputError, NotSupported, Overloaded, ServingError, StreamEvicted,
+                                   TooManyStreams, TooManyValues, UnknownStream)
+
+__all__ = ["CapacityError", "DeviceUnavailable", "InputError", "ManifestError", "NotSupported", "Overloaded",
+           "Runtime", "ServingError", "StepResult", "Stream", "StreamEvicted", "TooManyStreams", "TooManyValues",
+           "UnknownStream", "load"]

@@ -1,0 +1,1 @@
+from .training import TabularDecoder  # noqa: F401

@@ -1,0 +1,448 @@
+"""The export manifest (``manifest.json``): what an export directory holds, and the spec objects it describes.
+
+Standard library only (numpy on demand), so that the runtime can read an export with onnxruntime and numpy and
+without torch. The exporter writes the manifest through ``Manifest.write``; the runtime calls
+``load_manifest(export_dir)``, which checks the schema and every file's size and sha256 and returns the spec
+objects: ``GraphSpec`` (each graph's inputs and outputs), ``CacheSpec`` (the KV-cache tensors), ``FileEntry``.
+
+Schema (``manifest_version`` 1)::
+
+    {
+      "format": "tsattn-export", "manifest_version": 1,
+      "name": "reference",                              model name
+      "created": "2025-01-01T00:00:00Z",
+      "source": {"kind": "reference", "config": {...}, "seed": 0, "checkpoint": null | {"path", "sha256"}}
+             or {"kind": "target", "target": "calf", "repo": ..., "upstream_commit": ..., "head": ...,
+                 "dirty": [...], "feature": ..., "options": {...}, "options_from": ..., "checkpoint": ...,
+                 "weights": "checkpoint" | "random (seed N): ...", "seed": ..., ...},   (a target spec adds its
+                 own entries, e.g. CALF: model, exported, config, gpt2, lora, wcmha, word_embedding, stack)
+      "task": {"kind": "streaming_forecast", "input": "values", "output": "forecast", "sequence_dim": "seq",
+               "horizon": 24, ...}                      a causal graph with a cache (call it step by step)
+           or {"kind": "forecast", "stateless": true, "input": "x", "output": "forecast", "layout": [...],
+               "context": 96, "horizon": 96, "channels": null | N, ...}
+                                                        a stateless graph (cache null): one call per window;
+                                                        what a runtime needs to drive the graphs
+      "exporter": "dynamo" | "legacy", "opset": 18,
+      "files": [{"path": "model.onnx", "format": "onnx", "graph": "model", "bytes": 123, "sha256": "..."}, ...],
+      "graphs": {"model": {"files": {"onnx": "model.onnx", "torchscript": "model.pt"},
+                           "inputs": [{"name": "values", "dtype": "float32", "shape": ["batch", "seq"]}, ...],
+                           "outputs": [...]}},
+      "cache": null | {"graph": "model", "layers": 4, "kv_heads": 4, "head_dim": 32, "max_context": 512,
+                       "dtype": "float32", "layout": ["batch", "kv_heads", "length", "head_dim"],
+                       "past_key": "past_key_values.{i}.key", "past_value": "past_key_values.{i}.value",
+                       "present_key": "present.{i}.key", "present_value": "present.{i}.value",
+                       "batch_dim": "batch", "past_dim": "past", "present_dim": "present",
+                       "sliding": true},     (false: absolute positions, a stream holds <= max_context)
+      "parity": [{"graph", "backend", "sizes", "output", "max_abs_err", "tol", "ok"}, ...],
+      "versions": {"tsattn", "torch", "onnx", "onnxruntime", "onnxscript", "python"}
+    }
+
+Shapes list an int for a fixed dim and a name for a symbolic one; the same name means the same size across the
+tensors of one call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "tsattn-export"
+MANIFEST_VERSION = 1
+DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
+
+Dim = Union[int, str]
+
+
+class ManifestError(ValueError):
+    """An export directory or its manifest is missing, malformed, or does not match its files."""
+
+
+def sha256_file(path: Union[str, os.PathLike], chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: its name, dtype (``DTYPES``) and shape (int: fixed, str: symbolic dim)."""
+
+    name: str
+    dtype: str
+    shape: Tuple[Dim, ...]
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ManifestError("a tensor needs a non-empty name")
+        if self.dtype not in DTYPES:
+            raise ManifestError(f"tensor {self.name!r}: dtype must be one of {DTYPES}; got {self.dtype!r}")
+        shape = tuple(self.shape)
+        for d in shape:
+            if isinstance(d, bool) or not isinstance(d, (int, str)) or (isinstance(d, int) and d < 0) or d == "":
+                raise ManifestError(f"tensor {self.name!r}: a dim must be an int >= 0 or a non-empty name; got {d!r}")
+        object.__setattr__(self, "shape", shape)
+
+    @property
+    def symbolic_dims(self) -> Tuple[str, ...]:
+        return tuple(d for d in self.shape if isinstance(d, str))
+
+    def resolve(self, sizes: Mapping[str, int]) -> Tuple[int, ...]:
+        """The concrete shape for ``sizes`` (symbolic name -> size); a missing name raises ``KeyError``."""
+        return tuple(d if isinstance(d, int) else int(sizes[d]) for d in self.shape)
+
+    @property
+    def numpy_dtype(self):
+        import numpy as np
+
+        return np.dtype(self.dtype)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TensorSpec":
+        return cls(str(d["name"]), str(d["dtype"]), tuple(d["shape"]))
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """The KV cache of a causal graph: per layer a key and a value, each (batch, kv_heads, length, head_dim).
+
+    Inputs ``past_key.format(i=i)`` / ``past_value...`` hold the ``past_dim`` positions before the call (0 for a
+    prefill); outputs ``present_key...`` / ``present_value...`` hold the cache after it, ``present_dim``
+    positions = min(past + new, max_context) (past + new when max_context is None). Feed each present back as
+    the next call's past (``pairs()``). Flat order in a graph: layer 0 key, layer 0 value, layer 1 key, ...
+
+    ``sliding``: True (the default) when the graph keeps the last ``max_context`` positions and a stream goes on
+    for ever; False when positions are absolute (a position table, e.g. Hephaestus'): present = past + new, and a
+    stream holds at most ``max_context`` positions in all, after which it must be restarted (``fits``).
+    ``kv_heads`` is whatever the graph's second cache dim holds (Hephaestus: one per head and column).
+    """
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+    max_context: Optional[int]
+    dtype: str = "float32"
+    graph: str = "model"
+    past_key: str = "past_key_values.{i}.key"
+    past_value: str = "past_key_values.{i}.value"
+    present_key: str = "present.{i}.key"
+    present_value: str = "present.{i}.value"
+    batch_dim: str = "batch"
+    past_dim: str = "past"
+    present_dim: str = "present"
+    sliding: bool = True
+
+    layout = ("batch", "kv_heads", "length", "head_dim")
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "kv_heads", "head_dim"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ManifestError(f"cache {name} must be a positive integer; got {value!r}")
+        if self.max_context is not None and (not isinstance(self.max_context, int) or self.max_context < 1):
+            raise ManifestError(f"cache max_context must be a positive integer or null; got {self.max_context!r}")
+        if self.dtype not in DTYPES:
+            raise ManifestError(f"cache dtype must be one of {DTYPES}; got {self.dtype!r}")
+        if not isinstance(self.sliding, bool):
+            raise ManifestError(f"cache sliding must be true or false; got {self.sliding!r}")
+        if not self.sliding and self.max_context is None:
+            raise ManifestError("a cache that does not slide (sliding false) needs max_context, the most positions "
+                                "a stream may hold")
+        for name in ("past_key", "past_value", "present_key", "present_value"):
+            pattern = getattr(self, name)
+            if "{i}" not in pattern:
+                raise ManifestError(f"cache {name} must contain '{{i}}' (the layer index); got {pattern!r}")
+
+    def past_names(self) -> List[str]:
+        """Input names in graph order: past key 0, past value 0, past key 1, ..."""
+        return [p.format(i=i) for i in range(self.layers) for p in (self.past_key, self.past_value)]
+
+    def present_names(self) -> List[str]:
+        """Output names in graph order: present key 0, present value 0, present key 1, ..."""
+        return [p.format(i=i) for i in range(self.layers) for p in (self.present_key, self.present_value)]
+
+    def pairs(self) -> List[Tuple[str, str]]:
+        """(present output name, past input name): what to feed back on the next call."""
+        return list(zip(self.present_names(), self.past_names()))
+
+    def past_specs(self) -> List[TensorSpec]:
+        shape = (self.batch_dim, self.kv_heads, self.past_dim, self.head_dim)
+        return [TensorSpec(n, self.dtype, shape) for n in self.past_names()]
+
+    def present_specs(self) -> List[TensorSpec]:
+        shape = (self.batch_dim, self.kv_heads, self.present_dim, self.head_dim)
+        return [TensorSpec(n, self.dtype, shape) for n in self.present_names()]
+
+    def shape(self, batch: int, length: int) -> Tuple[int, int, int, int]:
+        """The shape of one cache tensor holding ``length`` positions (``length=0``: a new stream)."""
+        return (batch, self.kv_heads, length, self.head_dim)
+
+    def fits(self, past: int, new: int) -> bool:
+        """Whether a call with ``past`` cached and ``new`` positions is within the graph's range: always when the
+        cache slides, else past + new <= max_context."""
+        return self.sliding or self.max_context is None or past + new <= self.max_context
+
+    def bytes_per_position(self, itemsize: int = 4) -> int:
+        """Bytes of cache (all layers, keys and values) one position of one stream takes."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * itemsize
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = {k: getattr(self, k) for k in ("graph", "layers", "kv_heads", "head_dim", "max_context", "dtype")}
+        d["layout"] = list(self.layout)
+        d.update({k: getattr(self, k) for k in ("past_key", "past_value", "present_key", "present_value",
+                                                  "batch_dim", "past_dim", "present_dim", "sliding")})
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CacheSpec":
+        if list(d.get("layout", cls.layout)) != list(cls.layout):
+            raise ManifestError(f"cache layout must be {list(cls.layout)}; got {d.get('layout')!r}")
+        keys = ("graph", "layers", "kv_heads", "head_dim", "max_context", "dtype", "past_key", "past_value",
+                "present_key", "present_value", "batch_dim", "past_dim", "present_dim", "sliding")
+        return cls(**{k: d[k] for k in keys if k in d})
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One exported graph: its inputs and outputs in graph order and its file per format (paths relative)."""
+
+    name: str
+    inputs: Tuple[TensorSpec, ...]
+    outputs: Tuple[TensorSpec, ...]
+    files: Mapping[str, str] = field(default_factory=dict)
+
+    def input(self, name: str) -> TensorSpec:
+        for t in self.inputs:
+            if t.name == name:
+                return t
+        raise KeyError(f"graph {self.name!r} has no input {name!r}")
+
+    def output(self, name: str) -> TensorSpec:
+        for t in self.outputs:
+            if t.name == name:
+                return t
+        raise KeyError(f"graph {self.name!r} has no output {name!r}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"files": dict(self.files), "inputs": [t.to_dict() for t in self.inputs],
+                "outputs": [t.to_dict() for t in self.outputs]}
+
+    @classmethod
+    def from_dict(cls, name: str, d: Mapping[str, Any]) -> "GraphSpec":
+        return cls(name, tuple(TensorSpec.from_dict(t) for t in d["inputs"]),
+                   tuple(TensorSpec.from_dict(t) for t in d["outputs"]), dict(d.get("files", {})))
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file of the export: path relative to the export directory, size in bytes, sha256."""
+
+    path: str
+    bytes: int
+    sha256: str
+    format: str = ""
+    graph: Optional[str] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"path": self.path, "format": self.format, "graph": self.graph, "bytes": self.bytes,
+                "sha256": self.sha256}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "FileEntry":
+        return cls(str(d["path"]), int(d["bytes"]), str(d["sha256"]), str(d.get("format", "")), d.get("graph"))
+
+    @classmethod
+    def of(cls, root: Path, path: str, format: str = "", graph: Optional[str] = None) -> "FileEntry":
+        full = Path(root) / path
+        return cls(path, full.stat().st_size, sha256_file(full), format, graph)
+
+
+@dataclass
+class Manifest:
+    """The parsed ``manifest.json``; ``root`` is the export directory it was read from (or will be written to)."""
+
+    name: str
+    source: Dict[str, Any]
+    task: Dict[str, Any]
+    exporter: str
+    opset: Optional[int]
+    files: List[FileEntry]
+    graphs: Dict[str, GraphSpec]
+    cache: Optional[CacheSpec]
+    parity: List[Dict[str, Any]]
+    versions: Dict[str, Optional[str]]
+    created: str = ""
+    root: Optional[Path] = None
+
+    def path(self, relative: str) -> Path:
+        """Absolute path of a file of this export."""
+        if self.root is None:
+            raise ManifestError("this manifest has no export directory (root)")
+        return Path(self.root) / relative
+
+    def graph_file(self, graph: str, format: str = "onnx") -> Path:
+        """Path of ``graph``'s file in ``format`` (``onnx`` or ``torchscript``); raises ``ManifestError`` if absent."""
+        if graph not in self.graphs:
+            raise ManifestError(f"export {self.name!r} has no graph {graph!r}; it has {sorted(self.graphs)}")
+        files = self.graphs[graph].files
+        if format not in files:
+            raise ManifestError(f"graph {graph!r} of export {self.name!r} has no {format} file; it has {sorted(files)}")
+        return self.path(files[format])
+
+    @property
+    def parity_ok(self) -> bool:
+        return all(row.get("ok") for row in self.parity)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {
+            "format": MANIFEST_FORMAT,
+            "manifest_version": MANIFEST_VERSION,
+            "name": self.name,
+            "created": self.created,
+            "source": self.source,
+            "task": self.task,
+            "exporter": self.exporter,
+            "opset": self.opset,
+            "files": [f.to_dict() for f in self.files],
+            "graphs": {n: g.to_dict() for n, g in self.graphs.items()},
+            "cache": None if self.cache is None else self.cache.to_dict(),
+            "parity": self.parity,
+            "versions": self.versions,
+        }
+
+    def write(self, root: Union[str, os.PathLike]) -> Path:
+        path = Path(root) / MANIFEST_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], root: Optional[Path] = None) -> "Manifest":
+        if d.get("format") != MANIFEST_FORMAT:
+            raise ManifestError(f"not a tsattn export manifest (format is {d.get('format')!r}, "
+                                f"expected {MANIFEST_FORMAT!r})")
+        if d.get("manifest_version") != MANIFEST_VERSION:
+            raise ManifestError(f"unsupported manifest_version {d.get('manifest_version')!r} "
+                                f"(this tsattn reads {MANIFEST_VERSION})")
+        try:
+            graphs = {n: GraphSpec.from_dict(n, g) for n, g in d["graphs"].items()}
+            cache = None if d.get("cache") is None else CacheSpec.from_dict(d["cache"])
+            manifest = cls(
+                name=str(d["name"]), source=dict(d["source"]), task=dict(d.get("task") or {}),
+                exporter=str(d.get("exporter", "")), opset=d.get("opset"),
+                files=[FileEntry.from_dict(f) for f in d["files"]], graphs=graphs, cache=cache,
+                parity=list(d.get("parity") or []), versions=dict(d.get("versions") or {}),
+                created=str(d.get("created", "")), root=root,
+            )
+        except ManifestError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ManifestError(f"malformed manifest: {type(exc).__name__}: {exc}") from None
+        manifest.check_consistency()
+        return manifest
+
+    def check_consistency(self) -> None:
+        """Cross-references: graph files are listed in ``files``, the cache's tensors are in its graph."""
+        listed = {f.path for f in self.files}
+        for f in self.files:
+            if Path(f.path).is_absolute() or ".." in Path(f.path).parts:
+                raise ManifestError(f"file path {f.path!r} must be relative and inside the export directory")
+        for g in self.graphs.values():
+            for fmt, p in g.files.items():
+                if p not in listed:
+                    raise ManifestError(f"graph {g.name!r}: its {fmt} file {p!r} is not listed in files")
+        if self.cache is not None:
+            if self.cache.graph not in self.graphs:
+                raise ManifestError(f"cache graph {self.cache.graph!r} is not among the graphs {sorted(self.graphs)}")
+            g = self.graphs[self.cache.graph]
+            names_in, names_out = [t.name for t in g.inputs], [t.name for t in g.outputs]
+            for n in self.cache.past_names():
+                if n not in names_in:
+                    raise ManifestError(f"cache input {n!r} is not an input of graph {g.name!r}")
+            for n in self.cache.present_names():
+                if n not in names_out:
+                    raise ManifestError(f"cache output {n!r} is not an output of graph {g.name!r}")
+
+    def verify_files(self) -> None:
+        """Every listed file exists with its recorded size and sha256; raises ``ManifestError`` naming the file."""
+        for f in self.files:
+            p = self.path(f.path)
+            if not p.is_file():
+                raise ManifestError(f"{p}: listed in the manifest but missing")
+            size = p.stat().st_size
+            if size != f.bytes:
+                raise ManifestError(f"{p}: size {size} bytes differs from the manifest's {f.bytes} "
+                                    f"(truncated or replaced); refusing to load it")
+            digest = sha256_file(p)
+            if digest != f.sha256:
+                raise ManifestError(f"{p}: sha256 {digest[:16]}... differs from the manifest's {f.sha256[:16]}... "
+                                    f"(the file was modified); refusing to load it")
+
+
+def load_manifest(export_dir: Union[str, os.PathLike], verify: bool = True) -> Manifest:
+    """Read ``export_dir/manifest.json``, check its schema and (``verify``) every file's size and sha256.
+
+    Raises ``ManifestError`` naming the directory or file for a missing directory or manifest, invalid JSON, an
+    unsupported schema, or a file that is missing, truncated or modified.
+    """
+    root = Path(export_dir)
+    if not root.is_dir():
+        raise ManifestError(f"{root}: not an export directory (no such directory)")
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        raise ManifestError(f"{root}: not an export directory (no {MANIFEST_NAME})")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path}: unreadable manifest: {exc}") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path}: the manifest must be a JSON object")
+    manifest = Manifest.from_dict(data, root=root)
+    if verify:
+        manifest.verify_files()
+    return manifest
+
+
+def parity_table(rows: Sequence[Mapping[str, Any]], per_output: bool = False) -> str:
+    """The parity rows as a plain-text table.
+
+    ``per_output``: one line per row (graph, backend, check, sizes, output, max abs error, tol, ok). Otherwise one
+    line per (graph, backend, check, sizes) with the number of outputs compared and the worst output's error.
+    """
+    def sizes_of(r: Mapping[str, Any]) -> str:
+        return ",".join(f"{k}={v}" for k, v in (r.get("sizes") or {}).items())
+
+    def err_of(r: Mapping[str, Any]) -> str:
+        err = r.get("max_abs_err")
+        return str(r.get("error", "-")) if err is None else f"{err:.2e}"
+
+    if per_output:
+        header = ("graph", "backend", "check", "sizes", "output", "max_abs_err", "tol", "ok")
+        body = [(str(r.get("graph", "")), str(r.get("backend", "")), str(r.get("check", "")), sizes_of(r),
+                 str(r.get("output", "")), err_of(r), f"{r.get('tol', 0):.0e}", "ok" if r.get("ok") else "FAIL")
+                for r in rows]
+    else:
+        groups: Dict[Tuple[str, str, str, str], List[Mapping[str, Any]]] = {}
+        for r in rows:
+            key = (str(r.get("graph", "")), str(r.get("backend", "")), str(r.get("check", "")), sizes_of(r))
+            groups.setdefault(key, []).append(r)
+        header = ("graph", "backend", "check", "sizes", "outputs", "worst output", "max_abs_err", "tol", "ok")
+        body = []
+        for key, group in groups.items():
+            failed = [r for r in group if not r.get("ok")]
+            worst = failed[0] if failed else max(group, key=lambda r: r.get("max_abs_err") or 0.0)
+            body.append(key + (str(len(group)), str(worst.get("output", "")), err_of(worst),
+                               f"{worst.get('tol', 0):.0e}", "FAIL" if failed else "ok"))
+    widths = [max([len(h)] + [len(row[i]) for row in body]) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in body]
+    return "\n".join(lines)

@@ -1,0 +1,292 @@
+"""A Triton Inference Server model repository for an export (``tsattn-export ... --triton-repo DIR``).
+
+    DIR/<name>/config.pbtxt     ONNX Runtime backend; with a KV cache: sequence_batching with implicit state
+    DIR/<name>/1/model.onnx     the export's graph; with a cache, wrapped for Triton (below)
+
+**Streaming exports (a KV cache).** Triton keeps each sequence's cache as implicit state: the ``present.*``
+outputs of one request are the ``past_key_values.*`` inputs of the sequence's next request, and the client sends
+only the new ``values`` with a sequence id (``sequence_start`` on the first request, ``sequence_end`` on the last).
+Three Triton facts shape the files (read in triton-inference-server/core at 73aad7c, 2026-06, and
+server/docs/user_guide/implicit_state_management.md):
+
+- *A zero-length initial state cannot be expressed.* ``initial_state`` accepts a 0 in ``dims``
+  (``SequenceBatchScheduler::GenerateInitialStateData`` rejects only -1), but ``SequenceStates::Initialize``
+  shapes the first request's state from the state's config ``dims`` with every variable dim set to 1; the
+  initial state's own dims are recorded (core PR #270) but not used. An initial state of dims ``[1, H, 0, D]``
+  would be a 0-byte buffer under a ``[1, H, 1, D]`` shape. So the wrapped graph ignores the incoming cache when
+  the ``START`` control is 1 and starts from an empty ``(batch, H, 0, D)`` cache it makes itself (an ``If`` on
+  ``START``), and the config gives ``initial_state`` zero data of exactly the shape Triton uses, ``[1, H, 1, D]``,
+  so the first request's ignored input is defined, not uninitialised memory.
+- *State pairs are matched by sorted position* (``SequenceStates::OutputState`` pairs the i-th output state with
+  the i-th input state of two name-sorted maps; server issue #8586 shows the swap when a name is a prefix of
+  another). The state tensors are renamed with a zero-padded layer index (``past_key_values.01.key``,
+  ``present.01.key``): no name is a prefix of another, and the sorted inputs pair with the sorted outputs.
+  ``state_names_safe`` checks both.
+- *States of different lengths cannot share a batch* (a batch is one dense tensor per input; caches grow until
+  ``max_context``), so ``max_batch_size`` is 0 and the Direct strategy gives each sequence its own execution;
+  scale with ``instance_group`` count and more servers. A batch dimension is still there: a C-channel series is
+  one sequence of C rows. (A fixed-capacity cache would batch, at 1.4 to 1.9x the cost per step measured in
+  ``bench/cache_graphs.py``.)
+
+Controls: ``START``, ``END``, ``READY`` (FP32 0/1, shape [1]) and ``CORRID`` (UINT64, [1]) are inputs of the
+wrapped graph, as the ONNX Runtime backend requires of configured controls; only ``START`` is read.
+
+**Exports without a cache** (e.g. CALF's forecaster) get a plain config: dynamic batching over their batch dim
+when every input and output starts with the same symbolic dim, otherwise ``max_batch_size: 0``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from tsattn.export.manifest import CacheSpec, GraphSpec, Manifest, TensorSpec, load_manifest
+
+TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "int64": "TYPE_INT64",
+                 "int32": "TYPE_INT32", "bool": "TYPE_BOOL"}
+CONTROLS = (("START", "CONTROL_SEQUENCE_START"), ("END", "CONTROL_SEQUENCE_END"),
+            ("READY", "CONTROL_SEQUENCE_READY"))
+CORRID = "CORRID"
+INNER = "tsattn_inner/"  # prefix of the original cache tensor names inside the wrapped graph
+
+
+class TritonRepoError(ValueError):
+    """The export cannot be laid out for Triton (names, dims), or the repository entry exists."""
+
+
+# ---------------------------------------------------------------------------------------------------- names
+
+
+def state_names(cache: CacheSpec) -> List[Tuple[str, str]]:
+    """(input state, output state) per cache tensor, graph order, with the layer index zero-padded to a fixed
+    width (at least 2): ``past_key_values.00.key`` -> ``present.00.key``."""
+    width = max(2, len(str(cache.layers - 1)))
+    pairs = []
+    for i in range(cache.layers):
+        index = f"{i:0{width}d}"
+        for past, present in ((cache.past_key, cache.present_key), (cache.past_value, cache.present_value)):
+            pairs.append((past.format(i=index), present.format(i=index)))
+    return pairs
+
+
+def state_names_safe(pairs: Sequence[Tuple[str, str]]) -> Optional[str]:
+    """None if Triton pairs these states correctly; else why not: a name that is a prefix of another (or a
+    repeat), or sorted input names that do not line up with sorted output names (Triton pairs them by position)."""
+    for names in ([p for p, _ in pairs], [q for _, q in pairs], [p for p, _ in pairs] + [q for _, q in pairs]):
+        ordered = sorted(names)
+        for a, b in zip(ordered, ordered[1:]):
+            if b.startswith(a):
+                return f"state name {a!r} is a prefix of {b!r}" if a != b else f"state name {a!r} repeats"
+    by_input = [q for _, q in sorted(pairs)]
+    if by_input != sorted(q for _, q in pairs):
+        return "sorted input state names do not line up with sorted output state names"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------- graph
+
+
+def _rename(graph, mapping: Dict[str, str]) -> None:
+    """Rename values in ``graph`` and its subgraphs (node inputs/outputs, graph inputs/outputs, value_info)."""
+    import onnx
+
+    for node in graph.node:
+        node.input[:] = [mapping.get(n, n) for n in node.input]
+        node.output[:] = [mapping.get(n, n) for n in node.output]
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _rename(attr.g, mapping)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    _rename(g, mapping)
+    for vi in list(graph.input) + list(graph.output) + list(graph.value_info):
+        vi.name = mapping.get(vi.name, vi.name)
+
+
+def sequence_model(model, cache: CacheSpec, batch_input: str):
+    """The export's graph wrapped for Triton's sequence batcher (see the module docstring): state inputs/outputs
+    renamed (``state_names``), the incoming cache replaced by an empty one when ``START`` is 1, the controls
+    added as inputs. ``batch_input``: a graph input whose dim 0 is the batch (it sizes the empty cache)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    pairs = state_names(cache)
+    past, present = cache.past_names(), cache.present_names()
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(cache.dtype))
+    _rename(graph, {n: INNER + n for n in past + present})
+    kept_inputs = [vi for vi in graph.input if not vi.name.startswith(INNER)]
+    kept_outputs = [vi for vi in graph.output if not vi.name.startswith(INNER)]
+    del graph.input[:]
+    del graph.output[:]
+    state_shape = [cache.batch_dim, cache.kv_heads, cache.past_dim, cache.head_dim]
+    out_shape = [cache.batch_dim, cache.kv_heads, cache.present_dim, cache.head_dim]
+    graph.input.extend(kept_inputs)
+    graph.input.extend(helper.make_tensor_value_info(p, elem, state_shape) for p, _ in pairs)
+    graph.input.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, [1]) for name, _ in CONTROLS)
+    graph.input.append(helper.make_tensor_value_info(CORRID, TensorProto.UINT64, [1]))
+    graph.output.extend(kept_outputs)
+    graph.output.extend(helper.make_tensor_value_info(q, elem, out_shape) for _, q in pairs)
+
+    # then: empty caches (batch, kv_heads, 0, head_dim), the batch read from the data input
+    then_nodes = [
+        helper.make_node("Shape", [batch_input], ["tsattn_start/shape"]),
+        helper.make_node("Gather", ["tsattn_start/shape", "tsattn_start/first"], ["tsattn_start/batch"], axis=0),
+        helper.make_node("Concat", ["tsattn_start/batch", "tsattn_start/tail"], ["tsattn_start/dims"], axis=0),
+        helper.make_node("ConstantOfShape", ["tsattn_start/dims"], ["tsattn_start/empty"],
+                         value=helper.make_tensor("zero", elem, [1], [0])),
+    ]
+    then_nodes += [helper.make_node("Identity", ["tsattn_start/empty"], [f"tsattn_start/{k}"]) for k in range(len(past))]
+    tail = helper.make_tensor("tsattn_start/tail", TensorProto.INT64, [3], [cache.kv_heads, 0, cache.head_dim])
+    first = helper.make_tensor("tsattn_start/first", TensorProto.INT64, [1], [0])
+    then_branch = helper.make_graph(
+        then_nodes, "start_of_sequence", [],
+        [helper.make_tensor_value_info(f"tsattn_start/{k}", elem, None) for k in range(len(past))], [tail, first])
+    else_branch = helper.make_graph(
+        [helper.make_node("Identity", [p], [f"tsattn_continue/{k}"]) for k, (p, _) in enumerate(pairs)],
+        "continue_sequence", [],
+        [helper.make_tensor_value_info(f"tsattn_continue/{k}", elem, None) for k in range(len(past))])
+    half = helper.make_tensor("tsattn/half", TensorProto.FLOAT, [], [0.5])
+    prologue = [
+        helper.make_node("Greater", ["START", "tsattn/half"], ["tsattn/start_1"]),
+        helper.make_node("Squeeze", ["tsattn/start_1"], ["tsattn/start"]),  # [1] -> scalar condition
+        helper.make_node("If", ["tsattn/start"], [INNER + p for p in past], then_branch=then_branch,
+                         else_branch=else_branch, name="tsattn/start_or_continue"),
+    ]
+    epilogue = [helper.make_node("Identity", [INNER + q0], [q]) for q0, (_, q) in zip(present, pairs)]
+    nodes = prologue + list(graph.node) + epilogue
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.append(half)
+    onnx.checker.check_model(model)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------- config
+
+
+def _dims(shape: Sequence) -> str:
+    return "[ " + ", ".join(str(d if isinstance(d, int) else -1) for d in shape) + " ]"
+
+
+def _io_block(kind: str, tensors: Sequence[TensorSpec], skip_batch: bool) -> str:
+    entries = []
+    for t in tensors:
+        if t.dtype not in TRITON_DTYPES:
+            raise TritonRepoError(f"{kind} {t.name!r}: dtype {t.dtype} has no Triton type")
+        shape = t.shape[1:] if skip_batch else t.shape
+        entries.append(f'  {{\n    name: "{t.name}"\n    data_type: {TRITON_DTYPES[t.dtype]}\n    dims: {_dims(shape)}\n  }}')
+    return f"{kind} [\n" + ",\n".join(entries) + "\n]\n"
+
+
+def sequence_config(name: str, graph: GraphSpec, cache: CacheSpec, instances: int, idle_s: float,
+                    header: str) -> str:
+    """config.pbtxt text of a streaming export (see the module docstring)."""
+    pairs = state_names(cache)
+    past = set(cache.past_names())
+    present = set(cache.present_names())
+    inputs = [t for t in graph.inputs if t.name not in past]
+    outputs = [t for t in graph.outputs if t.name not in present]
+    dtype = TRITON_DTYPES[cache.dtype]
+    controls = [f'    {{\n      name: "{n}"\n      control [ {{ kind: {k} fp32_false_true: [ 0, 1 ] }} ]\n    }}'
+                for n, k in CONTROLS]
+    controls.append(f'    {{\n      name: "{CORRID}"\n      control [ {{ kind: CONTROL_SEQUENCE_CORRID data_type: '
+                    f'TYPE_UINT64 }} ]\n    }}')
+    state_dims = _dims([cache.batch_dim, cache.kv_heads, cache.past_dim, cache.head_dim])
+    init_dims = _dims([1, cache.kv_heads, 1, cache.head_dim])
+    states = [f'    {{\n      input_name: "{p}"\n      output_name: "{q}"\n      data_type: {dtype}\n'
+              f'      dims: {state_dims}\n      initial_state: {{\n        name: "ignored_at_start"\n'
+              f'        data_type: {dtype}\n        dims: {init_dims}\n        zero_data: true\n      }}\n    }}'
+              for p, q in pairs]
+    return (
+        f"{header}"
+        f'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: 0\n'
+        + _io_block("input", inputs, skip_batch=False)
+        + _io_block("output", outputs, skip_batch=False)
+        + "sequence_batching {\n"
+        f"  max_sequence_idle_microseconds: {int(idle_s * 1e6)}\n"
+        "  direct { }\n"
+        "  control_input [\n" + ",\n".join(controls) + "\n  ]\n"
+        "  state [\n" + ",\n".join(states) + "\n  ]\n"
+        "}\n"
+        f"instance_group [ {{ count: {instances} }} ]\n"
+    )
+
+
+def plain_config(name: str, graph: GraphSpec, instances: int, max_batch_size: int, header: str) -> str:
+    """config.pbtxt text of an export without a cache: dynamic batching over a shared symbolic first dim."""
+    firsts = {t.shape[0] if t.shape else None for t in list(graph.inputs) + list(graph.outputs)}
+    batched = len(firsts) == 1 and isinstance(next(iter(firsts)), str)
+    text = f'{header}name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: {max_batch_size if batched else 0}\n'
+    text += _io_block("input", graph.inputs, skip_batch=batched) + _io_block("output", graph.outputs, batched)
+    if batched:
+        text += "dynamic_batching { }\n"
+    return text + f"instance_group [ {{ count: {instances} }} ]\n"
+
+
+# ---------------------------------------------------------------------------------------------------- the writer
+
+
+def write_triton_repo(export: Union[str, os.PathLike, Manifest], repo: Union[str, os.PathLike],
+                      model_name: Optional[str] = None, instances: int = 1, max_sequence_idle_s: float = 60.0,
+                      max_batch_size: int = 64, overwrite: bool = False) -> Path:
+    """Write ``repo/<model_name>/`` (config.pbtxt, 1/model.onnx) for an export (a directory or its manifest);
+    returns that directory. Raises ``ManifestError`` (the export does not verify), ``TritonRepoError`` (the
+    entry exists without ``overwrite``, unsafe state names, no ONNX graph). Written beside and renamed into place.
+    """
+    import onnx
+
+    from tsattn import __version__
+
+    manifest = export if isinstance(export, Manifest) else load_manifest(export)
+    name = model_name or manifest.name
+    if not name or "/" in name or name.startswith("."):
+        raise TritonRepoError(f"model name {name!r} is not a directory name")
+    repo = Path(repo)
+    target = repo / name
+    if target.exists() and not overwrite:
+        raise TritonRepoError(f"{target}: exists (pass --overwrite to replace it)")
+    cache = manifest.cache
+    graph_name = cache.graph if cache is not None else next(iter(manifest.graphs))
+    graph = manifest.graphs[graph_name]
+    if "onnx" not in graph.files:
+        raise TritonRepoError(f"export {manifest.name!r} has no ONNX file for graph {graph_name!r}")
+    header = (f"# Triton model configuration written by tsattn-export --triton-repo (tsattn {__version__}) for the "
+              f"export {manifest.name!r}\n# (source: {manifest.source.get('kind')}, exporter {manifest.exporter}, "
+              f"opset {manifest.opset}). See tsattn/export/triton.py for the design.\n")
+    model = onnx.load(str(manifest.graph_file(graph_name, "onnx")))
+    if cache is not None:
+        problem = state_names_safe(state_names(cache))
+        if problem:
+            raise TritonRepoError(f"cannot name the cache states safely for Triton: {problem}")
+        batch_inputs = [t.name for t in graph.inputs
+                        if t.name not in cache.past_names() and t.shape and t.shape[0] == cache.batch_dim]
+        if not batch_inputs:
+            raise TritonRepoError(f"graph {graph_name!r} has no input whose first dim is {cache.batch_dim!r}")
+        model = sequence_model(model, cache, batch_inputs[0])
+        config = sequence_config(name, graph, cache, instances, max_sequence_idle_s, header)
+    else:
+        config = plain_config(name, graph, instances, max_batch_size, header)
+    repo.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=repo))
+    try:
+        (tmp / "1").mkdir()
+        onnx.save(model, str(tmp / "1" / "model.onnx"))
+        (tmp / "config.pbtxt").write_text(config)
+        os.chmod(tmp, 0o755)
+        if target.exists():
+            shutil.rmtree(target)
+        os.rename(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+__all__ = ["CONTROLS", "CORRID", "TritonRepoError", "plain_config", "sequence_config", "sequence_model",
+           "state_names", "state_names_safe", "write_triton_repo"]

@@ -1,0 +1,68 @@
+"""Errors of the runtime, each with the HTTP status the server answers it with (``status``)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+
+class ServingError(Exception):
+    """Base class. ``status``: the HTTP status for it; ``retry_after``: seconds, for capacity errors."""
+
+    status = 500
+    retry_after: Optional[float] = None
+
+
+class InputError(ServingError, ValueError):
+    """Observations or predict inputs of the wrong shape, dtype, or with NaN/Inf; the message names the problem."""
+
+    status = 422
+
+
+class TooManyValues(InputError):
+    """More values in one call than the configured limit (``max_append``, ``max_predict_values``)."""
+
+    status = 413
+
+
+class NotSupported(ServingError):
+    """The export cannot do this (streams on a graph without a cache, an unknown graph)."""
+
+    status = 400
+
+
+class UnknownStream(ServingError, LookupError):
+    """No open stream has this id."""
+
+    status = 404
+
+
+class StreamEvicted(UnknownStream):
+    """The stream existed and was evicted (idle TTL, LRU under max_streams or the cache byte budget)."""
+
+    status = 410
+
+
+class CapacityError(ServingError):
+    """The runtime cannot take this now; try again after ``retry_after`` seconds."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Overloaded(CapacityError):
+    """Too many appends are queued (``max_pending``), or one did not finish in time."""
+
+    status = 503
+
+
+class TooManyStreams(CapacityError):
+    """``max_streams`` streams are open and every one of them has an append in flight (none can be evicted)."""
+
+    status = 429
+
+
+__all__ = ["CapacityError", "InputError", "NotSupported", "Overloaded", "ServingError", "StreamEvicted",
+           "TooManyStreams", "TooManyValues", "UnknownStream"]
