@@ -72,15 +72,15 @@ def _inputs(graph, batch, seq, past, src=6, seed=0):
         return (_randn(batch, seq, 3, seed=seed),)
     if isinstance(graph, EncoderGraph):
         return (_randn(batch, src, 2, seed=seed),)
-    start = torch.tensor(past + 2 if not graph.expanding_context else past, dtype=torch.int64)
+    start = () if graph.expanding_context else (torch.tensor(past + 2, dtype=torch.int64),)
     if isinstance(graph, DecodeStepGraph):
         caches = [_randn(*_kv_shape(m, batch, past), seed=seed + i) for i in range(2 * len(m.layers))]
-        return (_randn(batch, seq, 3, seed=seed + 99), start, *caches)
+        return (_randn(batch, seq, 3, seed=seed + 99), *start, *caches)
     n = len(m.decoder_layers)
     kv = _kv_shape(m, batch, src)
     cross = [_randn(*kv, seed=seed + 50 + i) for i in range(2 * n)]
     caches = [_randn(*_kv_shape(m, batch, past), seed=seed + i) for i in range(2 * n)]
-    return (_randn(batch, seq, 2, seed=seed + 99), start, *cross, *caches)
+    return (_randn(batch, seq, 2, seed=seed + 99), *start, *cross, *caches)
 
 
 TRACE_AT = (2, 5, 3)  # batch, seq, past
@@ -94,7 +94,7 @@ def _graphs(kind, moe):
         m = _ar(moe)
         return [ForwardGraph(m), DecodeStepGraph(m), DecodeStepGraph(m, expanding_context=False)]
     m = _encdec(moe)
-    return [ForwardGraph(m), EncoderGraph(m), DecoderStepGraph(m)]
+    return [ForwardGraph(m), EncoderGraph(m), DecoderStepGraph(m), DecoderStepGraph(m, expanding_context=False)]
 
 
 def _outputs(graph, args):
@@ -150,12 +150,14 @@ def test_onnx_export_runs_in_onnxruntime_at_other_shapes(tmp_path, kind, moe):
 def test_decode_step_graph_names_follow_the_cache_convention():
     m = _ar(False)
     spec = DecodeStepGraph(m).spec
-    assert spec.input_names == ("x", "start_pos", "past_key_values.0.key", "past_key_values.0.value",
+    assert spec.input_names == ("x", "past_key_values.0.key", "past_key_values.0.value",
                                 "past_key_values.1.key", "past_key_values.1.value")
     assert spec.output_names == ("y", "present.0.key", "present.0.value", "present.1.key", "present.1.value")
-    assert spec.dynamic_axes["past_key_values.1.value"] == {0: "batch", 2: "past_length"}
+    assert spec.dynamic_axes["past_key_values.1.value"] == {0: "batch", 2: "past"}
+    assert spec.dynamic_axes["present.0.key"] == {0: "batch", 2: "present"}
+    assert DecodeStepGraph(m, expanding_context=False).spec.input_names[:2] == ("x", "start_pos")
     spec = DecoderStepGraph(_encdec(False)).spec
-    assert spec.input_names[2:6] == ("cross_key_values.0.key", "cross_key_values.0.value",
+    assert spec.input_names[1:5] == ("cross_key_values.0.key", "cross_key_values.0.value",
                                      "cross_key_values.1.key", "cross_key_values.1.value")
     assert EncoderGraph(_encdec(False)).spec.output_names[1] == "cross_key_values.0.key"
 
@@ -176,7 +178,8 @@ def test_onnx_decode_loop_equals_eager_full_forward(tmp_path, expanding):
     caches = [np.zeros(_kv_shape(m, 2, 0), dtype=np.float32)] * (2 * len(m.layers))
     outs, t = [], 0
     for size in (4, 1, 1, 3) + (1,) * 11:
-        res = sess.run(None, _feed(graph.spec, (x[:, t:t + size], torch.tensor(t), *caches)))
+        start = () if expanding else (torch.tensor(t),)
+        res = sess.run(None, _feed(graph.spec, (x[:, t:t + size], *start, *caches)))
         outs.append(res[0])
         caches = res[1:]
         t += size
@@ -196,7 +199,7 @@ def test_onnx_encoder_then_decode_loop_equals_eager_forward(tmp_path):
     caches = [np.zeros(_kv_shape(m, 3, 0), dtype=np.float32)] * (2 * len(m.decoder_layers))
     outs = []
     for i in range(12):
-        res = dec_sess.run(None, _feed(dec.spec, (t[:, i:i + 1], torch.tensor(i), *cross, *caches)))
+        res = dec_sess.run(None, _feed(dec.spec, (t[:, i:i + 1], *cross, *caches)))
         outs.append(res[0])
         caches = res[1:]
     assert np.abs(np.concatenate(outs, 1) - full.numpy()).max() <= 1e-4

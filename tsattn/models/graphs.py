@@ -8,9 +8,12 @@ Each wrapper is an ``nn.Module`` whose ``forward`` takes and returns tensors onl
     cross_key_values.{i}.key / .value  encoder-decoder cross-attention keys/values, (batch, kv_heads, src_len,
                                        head_dim): outputs of the encoder graph, inputs of the decode-step graph
                                        (a name chosen here: the convention covers self-attention caches only)
-    start_pos                          int64 scalar: absolute position of the step's first input
+    start_pos                          int64 scalar, sliding graphs only: absolute position of the step's first
+                                       input (an expanding graph takes it from the past's length, as
+                                       tsattn.export's CacheSpec(sliding=False) expects)
 
-A decode step with an empty past (length 0) is the prefill. No hidden state: the caller carries the caches.
+Dynamic axes: batch, seq, src_len, and past / present for the cache lengths (CacheSpec's defaults). A decode step
+with an empty past (length 0) is the prefill. No hidden state: the caller carries the caches.
 """
 
 from __future__ import annotations
@@ -76,11 +79,15 @@ class ForwardGraph(nn.Module):
         return m.step(inputs[0])[0]
 
 
-class DecodeStepGraph(nn.Module):
-    """AutoregressiveTransformerModel's ``step``: ``forward(x, start_pos, *past) -> (y, *present)``.
+def _split_start(expanding_context: bool, rest: Tuple[Tensor, ...]):
+    return (None, rest) if expanding_context else (rest[0], rest[1:])
 
-    ``past``: ``past_key_values.{i}.key/.value`` for every layer; ``expanding_context=False`` gives the sliding
-    cache (presents trimmed to max_seq_len - 1 positions).
+
+class DecodeStepGraph(nn.Module):
+    """AutoregressiveTransformerModel's ``step``: ``forward(x, [start_pos,] *past) -> (y, *present)``.
+
+    ``past``: ``past_key_values.{i}.key/.value`` for every layer. ``expanding_context=False`` gives the sliding
+    cache (presents trimmed to max_seq_len - 1 positions) and the ``start_pos`` input.
     """
 
     def __init__(self, model: AutoregressiveTransformerModel, expanding_context: bool = True) -> None:
@@ -90,11 +97,13 @@ class DecodeStepGraph(nn.Module):
         self.model, self.expanding_context = model, expanding_context
         past, present = cache_names("past_key_values", len(model.layers)), cache_names("present", len(model.layers))
         axes = {"x": {0: "batch", 1: "seq"}, "y": {0: "batch", 1: "seq"}}
-        axes.update({n: {0: "batch", 2: "past_length"} for n in past})
-        axes.update({n: {0: "batch", 2: "present_length"} for n in present})
-        self.spec = GraphSpec(("x", "start_pos", *past), ("y", *present), axes)
+        axes.update({n: {0: "batch", 2: "past"} for n in past})
+        axes.update({n: {0: "batch", 2: "present"} for n in present})
+        start = () if expanding_context else ("start_pos",)
+        self.spec = GraphSpec(("x", *start, *past), ("y", *present), axes)
 
-    def forward(self, x: Tensor, start_pos: Tensor, *past: Tensor) -> Tuple[Tensor, ...]:
+    def forward(self, x: Tensor, *rest: Tensor) -> Tuple[Tensor, ...]:
+        start_pos, past = _split_start(self.expanding_context, rest)
         y, present = self.model.step(x, _pairs(past), start_pos, self.expanding_context)
         return (y, *_flat(present))
 
@@ -121,7 +130,8 @@ class EncoderGraph(nn.Module):
 
 
 class DecoderStepGraph(nn.Module):
-    """EncoderDecoder's ``decode_step``: ``forward(target, start_pos, *cross, *past) -> (y, *present)``."""
+    """EncoderDecoder's ``decode_step``: ``forward(target, [start_pos,] *cross, *past) -> (y, *present)``
+    (``start_pos`` with ``expanding_context=False`` only)."""
 
     def __init__(self, model: EncoderDecoder, expanding_context: bool = True) -> None:
         super().__init__()
@@ -132,12 +142,14 @@ class DecoderStepGraph(nn.Module):
         cross, past, present = (cache_names(p, n) for p in ("cross_key_values", "past_key_values", "present"))
         axes = {"target": {0: "batch", 1: "seq"}, "y": {0: "batch", 1: "seq"}}
         axes.update({c: {0: "batch", 2: "src_len"} for c in cross})
-        axes.update({p: {0: "batch", 2: "past_length"} for p in past})
-        axes.update({p: {0: "batch", 2: "present_length"} for p in present})
-        self.spec = GraphSpec(("target", "start_pos", *cross, *past), ("y", *present), axes)
+        axes.update({p: {0: "batch", 2: "past"} for p in past})
+        axes.update({p: {0: "batch", 2: "present"} for p in present})
+        start = () if expanding_context else ("start_pos",)
+        self.spec = GraphSpec(("target", *start, *cross, *past), ("y", *present), axes)
         self._layers = n
 
-    def forward(self, target: Tensor, start_pos: Tensor, *caches: Tensor) -> Tuple[Tensor, ...]:
+    def forward(self, target: Tensor, *rest: Tensor) -> Tuple[Tensor, ...]:
+        start_pos, caches = _split_start(self.expanding_context, rest)
         cross, past = _pairs(caches[: 2 * self._layers]), _pairs(caches[2 * self._layers:])
         y, present = self.model.decode_step(target, cross, past, start_pos, self.expanding_context)
         return (y, *_flat(present))
