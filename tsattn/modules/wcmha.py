@@ -36,6 +36,7 @@ DECAY_TYPES = ("powerlaw", "simpowerlaw", "butterworth", "step", "none")
 _DECAY_ALIASES = {"butter1": ("butterworth", 1), "butter2": ("butterworth", 2), "causal": ("none", None)}
 _FREQZ_POINTS = 512  # scipy.signal.freqz's default worN, which the authors' Butterworth mask samples
 _BUTTER_CUTOFF = 0.8  # the authors' Butterworth cutoff, as a fraction of Nyquist
+_DENSE_MAX_QUERIES = 16  # up to this many queries (and block_size), decayed_attention uses a dense bias
 
 KVCache = Tuple[Tensor, Tensor]  # (key, value), each (batch, n_kv_heads, length, head_dim)
 
@@ -236,8 +237,9 @@ def decayed_attention(
     Eager evaluation is blockwise: ``block_size`` queries at a time, the bias an ``as_strided`` Toeplitz view
     (never an Lq x Lk tensor); with a window, blocks of about the window's size visit only the keys inside it, so
     that the cost is O(L * window). Exported graphs (tracing, torch.export, ONNX) use one dense bias of shape
-    (1, H|1, Lq, Lk) instead, whose shapes stay symbolic. A trivial bias (causal only) goes straight to SDPA's
-    ``is_causal`` kernel.
+    (1, H|1, Lq, Lk) instead, whose shapes stay symbolic; so do eager calls with at most min(16, block_size)
+    queries (decode steps), where the dense bias is O(Lk). In eager mode a trivial bias (causal only) goes straight
+    to SDPA: ``is_causal`` when Lq == Lk, no mask for a single query.
     """
     lq, lk = q.shape[2], k.shape[2]
     groups = q.shape[1] // k.shape[1] if kv_groups is None else kv_groups
@@ -247,12 +249,18 @@ def decayed_attention(
     if exporting:  # exporters see plain attention: repeat the kv heads explicitly
         k, v = _expand_kv(k, groups), _expand_kv(v, groups)
     gqa = groups != 1 and not exporting
-    # The is_causal fast path depends on lq == lk, a fact about this call's shapes: exported graphs must not
-    # bake it in (a graph traced without a past would then ignore one), so they always take the dense bias.
-    if not exporting and bias.is_trivial and win is None and bias.causal and lq == lk:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
-    if not exporting:
+    # Causal-only bias with a window that cuts nothing: SDPA's own kernels. These shortcuts depend on this call's
+    # shapes, so exported graphs must not bake them in (a graph traced without a past would then ignore one, as
+    # is_causal aligns its mask top-left); they always take the dense bias.
+    if not exporting and bias.is_trivial and bias.causal and (win is None or lk - 1 <= win):
+        if lq == lk:
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
+        if lq == 1:  # one query after every key: nothing to mask
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, enable_gqa=gqa)
+    if not exporting and lq > min(_DENSE_MAX_QUERIES, block_size):
         return _blocked_attention(q, k, v, bias, win, block_size, dropout_p, gqa)
+    # Exports, and a few queries (decode steps): one dense (1, H|1, Lq, Lk) bias. For Lq this small it costs
+    # O(Lk), whereas the blocked path would copy (flip) the whole key/value cache on every call.
     mask = dense_bias(bias, lq, lk, win, q.dtype, q.device)  # (1, H|1, Lq, Lk)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
 
