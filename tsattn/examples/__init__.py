@@ -7,7 +7,8 @@ edit (see its README); ``wave_transformer_lookalike/`` does the same for Maximil
 repository with one commit;
 ``offline_gpt2()`` makes ``GPT2Model.from_pretrained`` (and so CALF's ``AccustumGPT2Model.from_pretrained``) build a
 small GPT-2 from ``GPT2Config`` with seeded random weights, so that nothing is downloaded; ``import_from(root,
-name)`` imports a module of such a repository without leaving it in ``sys.modules``.
+name)`` imports a module of such a repository without leaving it in ``sys.modules``; ``imports_from(*roots)`` does
+the same for several modules (and Python files) that must share one copy of their package.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import importlib
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 EXAMPLES = Path(__file__).resolve().parent
 CALF_LOOKALIKE = EXAMPLES / "calf_lookalike"
@@ -88,3 +89,57 @@ def import_from(root: Path, name: str):
         for k in [k for k in sys.modules if k == top or k.startswith(top + ".")]:
             del sys.modules[k]
         sys.modules.update(saved)
+
+
+@contextlib.contextmanager
+def imports_from(*roots: Path) -> Iterator[Callable[[str], Any]]:
+    """Within the block, ``load(name)`` imports module ``name`` (``"pkg.mod"``) or the Python file ``name``
+    (``"path/to/file.py"``, relative to the first root or absolute) with ``roots`` first on ``sys.path``, so that
+    every module loaded in the block shares one copy of its package. Afterwards every module the block added from
+    under ``roots`` leaves ``sys.modules`` again, and modules it shadowed come back (as ``import_from``)."""
+    import importlib.util
+
+    roots = tuple(Path(r).resolve() for r in roots)
+    before = set(sys.modules)
+    shadowed: dict = {}
+    owned: set = set()
+
+    def own(top: str) -> None:
+        if top in owned:
+            return
+        owned.add(top)
+        for k in [k for k in sys.modules if k == top or k.startswith(top + ".")]:
+            shadowed[k] = sys.modules.pop(k)
+
+    def load(name: str) -> Any:
+        if name.endswith(".py"):
+            path = Path(name)
+            path = (path if path.is_absolute() else roots[0] / path).resolve()
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: no such Python file")
+            module_name = f"_tsattn_user_{path.stem}_{abs(hash(str(path))):x}"
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
+            return module
+        own(name.split(".")[0])
+        return importlib.import_module(name)
+
+    for root in reversed(roots):
+        sys.path.insert(0, str(root))
+    try:
+        yield load
+    finally:
+        for root in roots:
+            sys.path.remove(str(root))
+        for k in [k for k in sys.modules if k not in before]:
+            top = k.split(".")[0]
+            file = getattr(sys.modules[k], "__file__", None) or ""
+            if top in owned or k.startswith("_tsattn_user_") or any(
+                    Path(file).resolve().is_relative_to(r) for r in roots if file):
+                del sys.modules[k]
+        for top in owned:
+            for k in [k for k in sys.modules if k == top or k.startswith(top + ".")]:
+                del sys.modules[k]
+        sys.modules.update(shadowed)

@@ -25,6 +25,8 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> Any:
     """``torch.load(path, map_location="cpu", weights_only=True)``; raises ``CheckpointRefused`` instead of
     unpickling arbitrary objects, and ``FileNotFoundError`` for a missing file."""
     path = Path(path)
+    if path.is_dir():
+        raise FileNotFoundError(f"checkpoint {path} is a directory; this model takes a checkpoint file (a state dict)")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path}: no such file")
     try:

@@ -33,13 +33,20 @@ examples:
   tsattn-export --model reference --out /tmp/ref --triton-repo /srv/triton/models   # + a Triton model repository
   tsattn-export --target ./Hephaestus --feature efficient --out /tmp/heph --set attention_type=local \
       --set 'attention_kwargs={{"window_size": 64}}' --set numeric_columns=4 --set categorical_columns=2
+  tsattn-export --target ./Wave-Transformer --feature enhancements --out /tmp/wave --exporter legacy
+  tsattn-export --target ./Wave-Transformer --feature wcmha --out /tmp/wave --checkpoint runs/wave_model_dir \
+      --set encoder=my_encoder.py:TokenEncoder \
+      --set decoder=wave_transformer.language_modelling.token_decoder:WaveToTokenDecoder
   tsattn-export --list
 
 Model options come from --config (a JSON object, or a .json file holding one) and then --set KEY=VALUE (JSON
 values), which overrides it. A target's options are its model's arguments (CALF: the names of its run.py, e.g.
 seq_len, pred_len, gpt_layers, r, lora_alpha; Hephaestus: numeric_columns, categorical_columns, object_tokens,
-d_model, n_heads, n_layers, attention_type, attention_kwargs; see the README). Without --checkpoint every weight is
-random (the manifest's source says so); a target's GPT-2 is then built from GPT2Config, nothing is downloaded.
+d_model, n_heads, n_layers, attention_type, attention_kwargs; Wave-Transformer: WaveTransformer's arguments, e.g.
+use_pcca, wcmha_decay, and encoder/decoder as module:Class or file.py:Class, encoder_kwargs, decoder_kwargs,
+vocab_size; see the README). Without --checkpoint every weight is random (the manifest's source says so); a
+target's GPT-2 is then built from GPT2Config, nothing is downloaded. Wave-Transformer's --checkpoint is the
+directory WaveTransformer.save() writes (or a state-dict file).
 
 The export directory holds <graph>.onnx, <graph>.pt (TorchScript) and manifest.json (files with sha256, graph
 inputs/outputs with symbolic dims, the KV-cache spec, parity results, versions); see exported_models/README.md.
@@ -188,8 +195,16 @@ def _report(manifest, out) -> None:
         print("cache: none (stateless graph)", file=out)
     if manifest.cache is not None:
         c = manifest.cache
-        print(f"cache: {c.layers} layers x (key, value), each (batch, {c.kv_heads}, length, {c.head_dim}), "
-              f"max_context {c.max_context}", file=out)
+        if c.tensors:
+            parts = sorted({t.part for t in c.tensors})
+            print(f"cache: {c.layers} slots, {len(c.tensors)} tensors ({', '.join(parts)}), each (batch, heads, "
+                  f"length, dim) as listed in the manifest's cache.tensors, {c.bytes_per_position()} bytes per "
+                  f"position and row", file=out)
+        else:
+            print(f"cache: {c.layers} layers x (key, value), each (batch, {c.kv_heads}, length, {c.head_dim})",
+                  file=out)
+        print(f"  max_context {c.max_context}" + ("" if c.sliding else " (absolute positions: a stream holds at "
+              "most max_context positions, then restart it)"), file=out)
     print(parity_table(manifest.parity), file=out)
 
 
@@ -222,8 +237,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         options = _options(args.options, args.max_context, args.config)
         check_out_dir(args.out, args.overwrite)
-        if args.checkpoint is not None and not args.checkpoint.is_file():
-            raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file")
+        if args.checkpoint is not None and not args.checkpoint.exists():
+            raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file or directory")
         if args.target is not None:
             if not args.target.is_dir():
                 raise FileNotFoundError(f"--target {args.target}: no such directory")

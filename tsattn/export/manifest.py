@@ -32,7 +32,11 @@ Schema (``manifest_version`` 1)::
                        "past_key": "past_key_values.{i}.key", "past_value": "past_key_values.{i}.value",
                        "present_key": "present.{i}.key", "present_value": "present.{i}.value",
                        "batch_dim": "batch", "past_dim": "past", "present_dim": "present",
-                       "sliding": true},     (false: absolute positions, a stream holds <= max_context)
+                       "sliding": true,      (false: absolute positions, a stream holds <= max_context)
+                       "tensors": [...]}     (only when the cache tensors differ in shape or are not all
+                                              keys and values, e.g. Wave-Transformer's: one entry per tensor in
+                                              graph order, {"layer", "part", "past", "present", "heads", "dim"};
+                                              kv_heads and head_dim are then null)
       "parity": [{"graph", "backend", "sizes", "output", "max_abs_err", "tol", "ok"}, ...],
       "versions": {"tsattn", "torch", "onnx", "onnxruntime", "onnxscript", "python"}
     }
@@ -113,6 +117,38 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class CacheTensor:
+    """One tensor of a cache given tensor by tensor (``CacheSpec.tensors``): ``layer`` (the cache slot, e.g. one
+    attention call), ``part`` (``key``, ``value``, or a state of its own such as ``wave``), the graph's input and
+    output names, and its layout (batch, ``heads``, length, ``dim``)."""
+
+    layer: int
+    part: str
+    past: str
+    present: str
+    heads: int
+    dim: int
+
+    def __post_init__(self) -> None:
+        for name in ("layer", "heads", "dim"):
+            value = getattr(self, name)
+            least = 0 if name == "layer" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ManifestError(f"cache tensor {self.past!r}: {name} must be an integer >= {least}; got {value!r}")
+        for name in ("part", "past", "present"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ManifestError(f"cache tensor: {name} must be a non-empty name; got {getattr(self, name)!r}")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {k: getattr(self, k) for k in ("layer", "part", "past", "present", "heads", "dim")}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CacheTensor":
+        return cls(int(d["layer"]), str(d["part"]), str(d["past"]), str(d["present"]), int(d["heads"]),
+                   int(d["dim"]))
+
+
+@dataclass(frozen=True)
 class CacheSpec:
     """The KV cache of a causal graph: per layer a key and a value, each (batch, kv_heads, length, head_dim).
 
@@ -125,11 +161,17 @@ class CacheSpec:
     for ever; False when positions are absolute (a position table, e.g. Hephaestus'): present = past + new, and a
     stream holds at most ``max_context`` positions in all, after which it must be restarted (``fits``).
     ``kv_heads`` is whatever the graph's second cache dim holds (Hephaestus: one per head and column).
+
+    ``tensors``: a cache whose tensors differ in shape, or are not all keys and values (Wave-Transformer: its
+    blocks', its decoder's and its pyramid's attentions, PCCA's wave state), lists every tensor (``CacheTensor``)
+    in graph order; ``kv_heads`` and ``head_dim`` are then None and ``layers`` counts the slots. Every tensor is
+    still (batch, heads, length, dim) with one length for all, so ``shapes(batch, length)``,
+    ``bytes_per_position()`` and the present -> past pairs work alike; ``shape()`` is for uniform caches only.
     """
 
     layers: int
-    kv_heads: int
-    head_dim: int
+    kv_heads: Optional[int]
+    head_dim: Optional[int]
     max_context: Optional[int]
     dtype: str = "float32"
     graph: str = "model"
@@ -141,11 +183,14 @@ class CacheSpec:
     past_dim: str = "past"
     present_dim: str = "present"
     sliding: bool = True
+    tensors: Tuple[CacheTensor, ...] = ()
 
     layout = ("batch", "kv_heads", "length", "head_dim")
 
     def __post_init__(self) -> None:
-        for name in ("layers", "kv_heads", "head_dim"):
+        object.__setattr__(self, "tensors", tuple(self.tensors))
+        sized = ("layers",) if self.tensors else ("layers", "kv_heads", "head_dim")
+        for name in sized:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ManifestError(f"cache {name} must be a positive integer; got {value!r}")
@@ -162,30 +207,64 @@ class CacheSpec:
             pattern = getattr(self, name)
             if "{i}" not in pattern:
                 raise ManifestError(f"cache {name} must contain '{{i}}' (the layer index); got {pattern!r}")
+        if self.tensors:
+            if not all(isinstance(t, CacheTensor) for t in self.tensors):
+                raise ManifestError("cache tensors must be CacheTensor entries")
+            names = [t.past for t in self.tensors] + [t.present for t in self.tensors]
+            if len(set(names)) != len(names):
+                raise ManifestError("cache tensor names must be unique")
+            slots = sorted({t.layer for t in self.tensors})
+            if slots != list(range(self.layers)):
+                raise ManifestError(f"cache tensors must cover layers 0..{self.layers - 1}; they cover {slots}")
+            if self.kv_heads is not None or self.head_dim is not None:
+                raise ManifestError("a cache given tensor by tensor has kv_heads and head_dim null (each tensor "
+                                    "has its own heads and dim)")
+
+    def cache_tensors(self) -> List[CacheTensor]:
+        """Every cache tensor in graph order (for a uniform cache: key and value of each layer)."""
+        if self.tensors:
+            return list(self.tensors)
+        return [CacheTensor(i, part, past.format(i=i), present.format(i=i), self.kv_heads, self.head_dim)
+                for i in range(self.layers)
+                for part, past, present in (("key", self.past_key, self.present_key),
+                                            ("value", self.past_value, self.present_value))]
+
+    @property
+    def uniform(self) -> bool:
+        """Whether every cache tensor has the same (heads, dim)."""
+        return len({(t.heads, t.dim) for t in self.cache_tensors()}) == 1
 
     def past_names(self) -> List[str]:
         """Input names in graph order: past key 0, past value 0, past key 1, ..."""
-        return [p.format(i=i) for i in range(self.layers) for p in (self.past_key, self.past_value)]
+        return [t.past for t in self.cache_tensors()]
 
     def present_names(self) -> List[str]:
         """Output names in graph order: present key 0, present value 0, present key 1, ..."""
-        return [p.format(i=i) for i in range(self.layers) for p in (self.present_key, self.present_value)]
+        return [t.present for t in self.cache_tensors()]
 
     def pairs(self) -> List[Tuple[str, str]]:
         """(present output name, past input name): what to feed back on the next call."""
         return list(zip(self.present_names(), self.past_names()))
 
     def past_specs(self) -> List[TensorSpec]:
-        shape = (self.batch_dim, self.kv_heads, self.past_dim, self.head_dim)
-        return [TensorSpec(n, self.dtype, shape) for n in self.past_names()]
+        return [TensorSpec(t.past, self.dtype, (self.batch_dim, t.heads, self.past_dim, t.dim))
+                for t in self.cache_tensors()]
 
     def present_specs(self) -> List[TensorSpec]:
-        shape = (self.batch_dim, self.kv_heads, self.present_dim, self.head_dim)
-        return [TensorSpec(n, self.dtype, shape) for n in self.present_names()]
+        return [TensorSpec(t.present, self.dtype, (self.batch_dim, t.heads, self.present_dim, t.dim))
+                for t in self.cache_tensors()]
 
     def shape(self, batch: int, length: int) -> Tuple[int, int, int, int]:
-        """The shape of one cache tensor holding ``length`` positions (``length=0``: a new stream)."""
-        return (batch, self.kv_heads, length, self.head_dim)
+        """The shape of one cache tensor holding ``length`` positions (``length=0``: a new stream); a cache whose
+        tensors differ in shape raises ``ValueError`` (use ``shapes``)."""
+        if not self.uniform:
+            raise ValueError("the cache tensors differ in shape; use CacheSpec.shapes(batch, length)")
+        t = self.cache_tensors()[0]
+        return (batch, t.heads, length, t.dim)
+
+    def shapes(self, batch: int, length: int) -> List[Tuple[int, int, int, int]]:
+        """The shape of every cache tensor, graph order, holding ``length`` positions."""
+        return [(batch, t.heads, length, t.dim) for t in self.cache_tensors()]
 
     def fits(self, past: int, new: int) -> bool:
         """Whether a call with ``past`` cached and ``new`` positions is within the graph's range: always when the
@@ -194,13 +273,15 @@ class CacheSpec:
 
     def bytes_per_position(self, itemsize: int = 4) -> int:
         """Bytes of cache (all layers, keys and values) one position of one stream takes."""
-        return 2 * self.layers * self.kv_heads * self.head_dim * itemsize
+        return sum(t.heads * t.dim for t in self.cache_tensors()) * itemsize
 
     def to_dict(self) -> Dict[str, Any]:
         d = {k: getattr(self, k) for k in ("graph", "layers", "kv_heads", "head_dim", "max_context", "dtype")}
         d["layout"] = list(self.layout)
         d.update({k: getattr(self, k) for k in ("past_key", "past_value", "present_key", "present_value",
                                                   "batch_dim", "past_dim", "present_dim", "sliding")})
+        if self.tensors:
+            d["tensors"] = [t.to_dict() for t in self.tensors]
         return d
 
     @classmethod
@@ -209,7 +290,8 @@ class CacheSpec:
             raise ManifestError(f"cache layout must be {list(cls.layout)}; got {d.get('layout')!r}")
         keys = ("graph", "layers", "kv_heads", "head_dim", "max_context", "dtype", "past_key", "past_value",
                 "present_key", "present_value", "batch_dim", "past_dim", "present_dim", "sliding")
-        return cls(**{k: d[k] for k in keys if k in d})
+        tensors = tuple(CacheTensor.from_dict(t) for t in d.get("tensors") or ())
+        return cls(**{k: d[k] for k in keys if k in d}, tensors=tensors)
 
 
 @dataclass(frozen=True)

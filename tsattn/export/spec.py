@@ -205,18 +205,27 @@ class FlatCache(nn.Module):
     """Adapts ``model(*inputs, past) -> (outputs, present)`` to the flat graph signature
     ``forward(*inputs, past_key_0, past_value_0, ...) -> (*outputs, present_key_0, present_value_0, ...)``.
 
-    ``past`` / ``present``: tuples of ``layers`` (key, value) pairs. ``outputs``: a tensor or a tuple.
+    ``past`` / ``present``: tuples of ``layers`` (key, value) pairs, or with ``parts`` (tensors per layer, e.g.
+    ``(2, 3, 1)``) tuples of that many tensors each (a cache given tensor by tensor, ``CacheSpec.tensors``).
+    ``outputs``: a tensor or a tuple.
     """
 
-    def __init__(self, model: nn.Module, n_inputs: int, layers: int) -> None:
+    def __init__(self, model: nn.Module, n_inputs: int, layers: int, parts: Optional[Sequence[int]] = None) -> None:
         super().__init__()
         self.model = model
         self.n_inputs = int(n_inputs)
         self.layers = int(layers)
+        self.parts = tuple(int(n) for n in parts) if parts is not None else (2,) * self.layers
+        if len(self.parts) != self.layers or any(n < 1 for n in self.parts):
+            raise ValueError(f"FlatCache: parts must give a positive tensor count for each of the {self.layers} "
+                             f"layers; got {parts!r}")
 
     def forward(self, *tensors: Tensor) -> Tuple[Tensor, ...]:
         inputs, flat = tensors[: self.n_inputs], tensors[self.n_inputs :]
-        past = tuple((flat[2 * i], flat[2 * i + 1]) for i in range(self.layers))
-        outputs, present = self.model(*inputs, past)
+        past, start = [], 0
+        for n in self.parts:
+            past.append(tuple(flat[start : start + n]))
+            start += n
+        outputs, present = self.model(*inputs, tuple(past))
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
         return tuple(outputs) + tuple(t for kv in present for t in kv)

@@ -16,7 +16,7 @@ nothing of the target's stack. What every builder shares is here:
 - ``target_code(what, ...)``: run the target's own code (building its model, a first forward) and turn its
   failure into ``TargetError`` naming the target file and line, not an internal error.
 
-Adding a target (e.g. Wave-Transformer): write ``tsattn/export/<kind>.py`` with a spec function (``ExportSpec``:
+Adding a target: write ``tsattn/export/<kind>.py`` with a spec function (``ExportSpec``:
 inputs, outputs, ``CacheSpec`` for a causal model with ``FlatCache`` as the adapter, sizes, task) and
 ``build_<kind>_export`` following ``calf.py`` (stateless) or ``hephaestus.py`` (a cached decode-step graph), then
 add its ``TargetEntry`` below.
@@ -190,6 +190,8 @@ TARGETS: Dict[str, TargetEntry] = {
     "calf": TargetEntry("calf", ("wcmha",), _detects("calf"), _lazy("tsattn.export.calf", "build_calf_export")),
     "hephaestus": TargetEntry("hephaestus", ("efficient", "local", "sparse", "featurewise", "chunked", "flash", "wcmha"),
                               _detects("hephaestus"), _lazy("tsattn.export.hephaestus", "build_hephaestus_export")),
+    "wave_transformer": TargetEntry("wave_transformer", ("enhancements", "ahs", "fcl", "pcca", "mrwp", "wcmha"),
+                                    _detects("wave_transformer"), _lazy("tsattn.export.wave", "build_wave_export")),
 }
 
 PLANNED = ("calf", "hephaestus", "wave_transformer")  # every injector kind; --list names those without a spec

@@ -405,11 +405,11 @@ class Runtime:
                                     f"(max_predict_values)")
         if cache is not None:
             batch = sizes.get(cache.batch_dim)
-            for p in cache.past_names():
+            for p, empty in zip(cache.past_names(), cache.shapes(batch or 0, 0)):
                 if p not in arrays:
                     if batch is None:
                         raise InputError(f"cannot size the empty cache: no input gives the {cache.batch_dim!r} dim")
-                    arrays[p] = np.zeros(cache.shape(batch, 0), dtype=cache.dtype)
+                    arrays[p] = np.zeros(empty, dtype=cache.dtype)
         wanted = [o.name for o in spec.outputs if o.name not in present] if outputs is None else list(outputs)
         bad = [o for o in wanted if o not in [t.name for t in spec.outputs]]
         if bad:
@@ -667,10 +667,9 @@ class Runtime:
         import onnxruntime as ort
 
         cache = self._stream_graph.cache
-        shape = list(cache.shape(rows, 0))
-        return [ort.OrtValue.ortvalue_from_shape_and_type(shape, np.dtype(cache.dtype), self._device_type,
+        return [ort.OrtValue.ortvalue_from_shape_and_type(list(shape), np.dtype(cache.dtype), self._device_type,
                                                            self.placement.device_id)
-                for _ in range(2 * cache.layers)]
+                for shape in cache.shapes(rows, 0)]
 
     def _split(self, block: _Block) -> Dict[int, List[Any]]:
         """Split a shared block into per-stream blocks (its open members get their own); id(stream) -> tensors."""
