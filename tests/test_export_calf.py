@@ -15,7 +15,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import peft
 import pytest
 import torch
 
@@ -33,12 +32,7 @@ RUN = {"seq_len": SEQ, "pred_len": PRED, "gpt_layers": 2, "r": 4, "lora_alpha": 
 FAST = ["--exporter", "legacy", "--set", f"seq_len={SEQ}", "--set", f"pred_len={PRED}"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: see tests/test_export.py
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

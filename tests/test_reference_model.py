@@ -10,14 +10,7 @@ from tsattn.models.reference import ReferenceConfig, ReferenceForecaster, build_
 SMALL = dict(d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, horizon=5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread. With two, every op waits on the other thread, which costs ~100x on a shared
-    machine (measured here: 13 decode steps in 5.4 s instead of 0.045 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _stream(m: ReferenceForecaster, x: torch.Tensor, lengths):

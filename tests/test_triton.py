@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
@@ -19,12 +18,7 @@ from tsattn.runtime import load
 ONNX_TO_TRITON = {"tensor(float)": mc.TYPE_FP32, "tensor(uint64)": mc.TYPE_UINT64, "tensor(int64)": mc.TYPE_INT64}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,7 @@ import ast
 import io
 import tokenize
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
 
 import libcst as cst
 import libcst.matchers as m

@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import os
-import stat
 import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field

@@ -45,9 +45,12 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import asyncio
 
 from tsattn.export.manifest import CacheSpec, GraphSpec, Manifest, ManifestError, TensorSpec, load_manifest
 from tsattn.runtime.cacheops import CacheOps
