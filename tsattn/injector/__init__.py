@@ -7,6 +7,7 @@ Modules (one concept each):
     codemods.py     the generic, reusable libcst codemods recipes are made of
     templates.py    Template(source, dest): files copied into the target, with the templates they import
     transaction.py  atomic writes with byte-for-byte rollback
+    gitrepo.py      the target clone through the ``git`` command (root, git dir, HEAD, plumbing)
     engine.py       inject / revert: plan in memory, safety checks, one transaction, the record, the patch
     cli.py          the command line
     recipes/        one module per recipe (registered at import); recipe templates in sub-packages
