@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -19,6 +18,8 @@ from tsattn.export.manifest import (CacheSpec, Manifest, ManifestError, TensorSp
                                     sha256_file)
 from tsattn.export.spec import Exportable, ExportSpec, SpecError, distinct_sizes
 from tsattn.models.reference import ReferenceConfig, build_reference, save_checkpoint
+
+from repo_checks import checked_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--set", "d_model=32", "--set", "n_layers=2", "--set", "n_kv_heads=2", "--set", "horizon=5",
@@ -45,12 +46,8 @@ def test_done_when_default_export_writes_onnx_torchscript_and_a_verified_manifes
     assert rc == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["manifest.json", "model.onnx", "model.pt"]
-    raw = json.loads((out / "manifest.json").read_text())
-    # sha256 and sizes, recomputed here independently of tsattn
+    raw = checked_manifest(out)  # sha256 and sizes recomputed here, independently of tsattn
     assert {f["path"] for f in raw["files"]} == {"model.onnx", "model.pt"}
-    for f in raw["files"]:
-        data = (out / f["path"]).read_bytes()
-        assert f["sha256"] == hashlib.sha256(data).hexdigest() and f["bytes"] == len(data)
     # parity: every row within the fp32 tolerance, both backends, >= 2 forward shapes other than the traced one
     rows = raw["parity"]
     assert rows and all(r["ok"] and r["tol"] == 1e-4 and r["max_abs_err"] <= 1e-4 for r in rows)

@@ -23,6 +23,8 @@ from tsattn.export import cli
 from tsattn.export.manifest import load_manifest
 from tsattn.injector import engine
 
+from repo_checks import checked_manifest
+
 warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
 
 SEQ, PRED = 12, 5
@@ -66,10 +68,7 @@ def test_patched_lookalike_exports_end_to_end(random_export, repos):
     rc, out = random_export
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "model.pt"]
-    raw = json.loads((out / "manifest.json").read_text())
-    for f in raw["files"]:  # recomputed here, independently of tsattn
-        data = (out / f["path"]).read_bytes()
-        assert f["sha256"] == hashlib.sha256(data).hexdigest() and f["bytes"] == len(data)
+    raw = checked_manifest(out)  # sha256 and sizes recomputed here, independently of tsattn
     graph = raw["graphs"]["model"]
     assert graph["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["batch", SEQ, "channels"]}]
     assert graph["outputs"] == [{"name": "forecast", "dtype": "float32", "shape": ["batch", PRED, "channels"]}]

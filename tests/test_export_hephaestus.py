@@ -8,7 +8,6 @@ reference; every attention type's cached decoding is checked in eager against on
 
 from __future__ import annotations
 
-import hashlib
 import json
 import types
 from pathlib import Path
@@ -23,6 +22,8 @@ from tsattn.export import hephaestus as heph
 from tsattn.export.exporter import _stepwise, eager_runner
 from tsattn.export.manifest import CacheSpec, ManifestError, load_manifest
 from tsattn.injector import engine
+
+from repo_checks import checked_manifest
 
 LOCAL = ["--set", "attention_type=local", "--set", 'attention_kwargs={"window_size": 3}']
 TYPES = {  # every type with keywords that matter over the stepwise check's 14 positions
@@ -67,10 +68,7 @@ def test_patched_lookalike_exports_a_cached_decoder_end_to_end(local_export, rep
     rc, out = local_export
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "model.pt"]
-    raw = json.loads((out / "manifest.json").read_text())
-    for f in raw["files"]:  # recomputed here, independently of tsattn
-        data = (out / f["path"]).read_bytes()
-        assert f["sha256"] == hashlib.sha256(data).hexdigest() and f["bytes"] == len(data)
+    raw = checked_manifest(out)  # sha256 and sizes recomputed here, independently of tsattn
     graph = raw["graphs"]["model"]
     n_tokens = 5 + 3 + 4 + 1
     past = [{"name": f"past_key_values.{i}.{kv}", "dtype": "float32", "shape": ["batch", 8, "past", 8]}

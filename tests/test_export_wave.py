@@ -8,7 +8,6 @@ presents fed back as pasts) and the TorchScript module; the runtime's stateless 
 
 from __future__ import annotations
 
-import json
 import types
 
 import numpy as np
@@ -20,6 +19,8 @@ from tsattn.examples import imports_from, lookalike_repo
 from tsattn.export import cli
 from tsattn.export.manifest import load_manifest
 from tsattn.injector import engine
+
+from repo_checks import checked_manifest
 
 VOCAB = 40
 MODEL = {"num_harmonics": 8, "transformer_num_layers": 3, "transformer_num_heads": 4, "transformer_heads_kv": 2,
@@ -67,7 +68,7 @@ def _eager_logits(model, ids: np.ndarray) -> np.ndarray:
 
 
 def test_manifest_lists_every_cache_tensor_and_parity_holds(exported):
-    raw = json.loads((exported.out / "manifest.json").read_text())
+    raw = checked_manifest(exported.out)  # sha256 and sizes recomputed here
     cache = raw["cache"]
     assert cache["sliding"] is False and cache["max_context"] == 64 and cache["tensors"]
     parts = {t["part"] for t in cache["tensors"]}

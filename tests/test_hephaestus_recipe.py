@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import re
-import stat
 import subprocess
 import sys
 import types
@@ -20,6 +19,8 @@ from tsattn.examples import import_from, lookalike_repo
 from tsattn.export.hephaestus import HephaestusExportConfig, time_series_config
 from tsattn.injector import cli, engine, transaction
 from tsattn.injector.recipes.hephaestus_efficient import ATTENTION_TYPES, EFFICIENT_TYPES, FEATURE_TYPES
+
+from repo_checks import snapshot, third_party_imports
 
 LOOK = "hephaestus_lookalike"
 MODELS = "hephaestus/timeseries_models/models.py"
@@ -43,11 +44,6 @@ def one_thread():
     torch.set_num_threads(1)  # tiny models: see tests/test_wave_transformer_recipe.py
     yield
     torch.set_num_threads(threads)
-
-
-def snapshot(root: Path) -> dict:
-    return {str(p.relative_to(root)): (p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
-            for p in sorted(root.rglob("*")) if p.is_file() and ".git" not in p.relative_to(root).parts}
 
 
 def commit_all(root: Path, message: str = "commit") -> None:
@@ -301,21 +297,9 @@ def test_benchmark_attention_mechanisms_follows_the_guide(repos):
         assert all(m["successful"] and m["time_ms"] > 0 for m in per_method.values())
 
 
-def _third_party(root: Path) -> set:
-    names = set()
-    for path in root.rglob("*.py"):
-        if ".git" in path.parts:
-            continue
-        for node in ast.walk(ast.parse(path.read_bytes())):
-            if isinstance(node, ast.Import):
-                names |= {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names.add(node.module.split(".")[0])
-    return {n for n in names if n not in sys.stdlib_module_names and n not in {"hephaestus", "__future__"}}
-
-
 def test_the_patched_repository_needs_no_new_package(repos):
-    assert _third_party(repos["base"].root) == _third_party(repos["efficient"].root) == {"torch"}
+    own = {"hephaestus"}
+    assert third_party_imports(repos["base"].root, own) == third_party_imports(repos["efficient"].root, own) == {"torch"}
 
 
 # --- the engine's contract ------------------------------------------------------------------------------------------

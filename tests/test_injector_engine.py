@@ -17,6 +17,8 @@ from tsattn.injector import cli, engine, transaction
 from tsattn.injector.errors import AnchorNotFound, RefusedError, SourceSyntaxError, UsageError
 from tsattn.injector.templates import MODULES
 
+from repo_checks import snapshot
+
 TOUCHED = ["models/GPT2_arch.py", "models/CALF.py", "run.py"]
 ADDED = ["models/PowerformerAttention.py", "models/PowerformerGPT2.py"]
 TEMPLATE = Path(engine.__file__).parent / "recipes" / "calf_templates" / "PowerformerGPT2.py"
@@ -26,14 +28,6 @@ TEMPLATE = Path(engine.__file__).parent / "recipes" / "calf_templates" / "Powerf
 def calf(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default patch path is under the current directory
     return lookalike_repo("calf_lookalike", tmp_path / "CALF")
-
-
-def snapshot(root: Path) -> dict:
-    """Every file of the work tree (not .git): bytes and mode."""
-    return {
-        str(p.relative_to(root)): (p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
-        for p in sorted(root.rglob("*")) if p.is_file() and ".git" not in p.relative_to(root).parts
-    }
 
 
 def commit_all(root: Path, message: str) -> None:

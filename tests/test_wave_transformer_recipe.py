@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import json
 import math
-import stat
 import subprocess
 import sys
 import types
@@ -17,6 +16,7 @@ import pytest
 import torch
 
 from reference import reference_bias
+from repo_checks import snapshot, third_party_imports
 from tsattn.examples import import_from, lookalike_repo
 from tsattn.injector import cli, engine, transaction
 from tsattn.injector.templates import MODULES
@@ -25,11 +25,6 @@ LOOK, HEAD = "wave_transformer_lookalike", "wave_transformer_lookalike_head"
 FEATURES = ["ahs", "fcl", "pcca", "mrwp", "enhancements", "wcmha"]
 CORE = "src/wave_transformer/core"
 H, LAYERS, VOCAB = 8, 3, 40  # d_model = 24, 4 query heads of 6, 2 kv heads
-
-
-def snapshot(root: Path) -> dict:
-    return {str(p.relative_to(root)): (p.read_bytes(), stat.S_IMODE(p.stat().st_mode))
-            for p in sorted(root.rglob("*")) if p.is_file() and ".git" not in p.relative_to(root).parts}
 
 
 def commit_all(root: Path, message: str = "commit") -> None:
@@ -365,22 +360,13 @@ def test_templates_coexist_with_the_repositorys_own_enhancements_package(repos):
     assert ours.PhaseCoherentAttention.__module__ == "wave_transformer.tsattn_modules.wave_pcca"
 
 
-def _imported_at_import_time(root: Path) -> set:
-    """Third-party packages the repository's modules import at module level (not inside functions)."""
-    names = set()
-    for path in (root / "src").rglob("*.py"):
-        for node in ast.parse(path.read_bytes()).body:
-            if isinstance(node, ast.Import):
-                names |= {a.name.split(".")[0] for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names.add(node.module.split(".")[0])
-    return {n for n in names if n not in sys.stdlib_module_names and n not in {"wave_transformer", "__future__"}}
-
-
 def test_the_patched_repository_needs_no_new_package(repos):
     # (flash_attn is imported inside MultiQueryFlashAttention only with use_flash; matplotlib, an upstream
     # dependency, inside FrequencyCurriculumScheduler.plot_schedule only)
-    assert _imported_at_import_time(repos["all"].root) == _imported_at_import_time(repos["base"].root) == {"torch"}
+    def imported(root: Path) -> set:  # at import time: module level, not inside functions
+        return third_party_imports(root / "src", {"wave_transformer"}, module_level_only=True)
+
+    assert imported(repos["all"].root) == imported(repos["base"].root) == {"torch"}
 
 
 # --- the engine's contract on this recipe ---------------------------------------------------------------------------

@@ -50,7 +50,7 @@ import ast
 import io
 import tokenize
 from dataclasses import dataclass
-from typing import Any, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import libcst as cst
 import libcst.matchers as m
@@ -302,6 +302,24 @@ def _block_body(node: Union[cst.Module, cst.IndentedBlock]) -> List[cst.CSTNode]
     return list(node.body)
 
 
+def _place_definition(body: List[cst.CSTNode], new: cst.CSTNode, name: str, after: Optional[str], blank_lines: int,
+                      missing: Callable[[], Exception]) -> List[cst.CSTNode]:
+    """``body`` with the definition ``new`` (named ``name``): in place of an existing definition of that name
+    (keeping its leading lines), else after the definition ``after`` (``missing()`` is raised when there is none),
+    else at the end; an inserted one is preceded by ``blank_lines`` blank lines."""
+    names = [_def_name(s) for s in body]
+    if name in names:
+        i = names.index(name)
+        body[i] = new.with_changes(leading_lines=body[i].leading_lines)
+    elif after is not None:
+        if after not in names:
+            raise missing()
+        body.insert(names.index(after) + 1, new.with_changes(leading_lines=_blank_lines(blank_lines)))
+    else:
+        body.append(new.with_changes(leading_lines=_blank_lines(blank_lines)))
+    return body
+
+
 # --- codemods --------------------------------------------------------------------------------------------------
 
 
@@ -367,18 +385,9 @@ class AddClass(_Codemod):
         return False
 
     def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
-        new = _parse_snippet(self.source, self.quote).body[0]
-        body = _block_body(updated_node)
-        names = [_def_name(s) for s in body]
-        if self.name in names:
-            i = names.index(self.name)
-            body[i] = new.with_changes(leading_lines=body[i].leading_lines)
-        elif self.after is not None:
-            if self.after not in names:
-                raise AnchorNotFound(self.path, f"top-level class or def {self.after!r}")
-            body.insert(names.index(self.after) + 1, new.with_changes(leading_lines=_blank_lines(2)))
-        else:
-            body.append(new.with_changes(leading_lines=_blank_lines(2)))
+        body = _place_definition(_block_body(updated_node), _parse_snippet(self.source, self.quote).body[0],
+                                 self.name, self.after, blank_lines=2,
+                                 missing=lambda: AnchorNotFound(self.path, f"top-level class or def {self.after!r}"))
         return updated_node.with_changes(body=body)
 
 
@@ -411,18 +420,9 @@ class AddMethod(_Codemod):
         if self.scope or updated_node.name.value != self.class_name:
             return updated_node
         self.found = True
-        new = _parse_snippet(self.source, self.quote).body[0]
-        body = _block_body(updated_node.body)
-        names = [_def_name(s) for s in body]
-        if self.name in names:
-            i = names.index(self.name)
-            body[i] = new.with_changes(leading_lines=body[i].leading_lines)
-        elif self.after is not None:
-            if self.after not in names:
-                raise AnchorNotFound(self.path, f"method {self.class_name}.{self.after}")
-            body.insert(names.index(self.after) + 1, new.with_changes(leading_lines=_blank_lines(1)))
-        else:
-            body.append(new.with_changes(leading_lines=_blank_lines(1)))
+        body = _place_definition(_block_body(updated_node.body), _parse_snippet(self.source, self.quote).body[0],
+                                 self.name, self.after, blank_lines=1,
+                                 missing=lambda: AnchorNotFound(self.path, f"method {self.class_name}.{self.after}"))
         return updated_node.with_changes(body=updated_node.body.with_changes(body=body))
 
     def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
