@@ -46,7 +46,7 @@ from tsattn.runtime.errors import CapacityError, Overloaded, ServingError
 log = logging.getLogger("tsattn.runtime.server")
 
 DEFAULT_MAX_BODY = 1 << 20
-OPEN_PATHS = ("/healthz",)
+OPEN_PATHS = ("/healthz", "/v2/health/live", "/v2/health/ready")  # liveness and readiness (tsattn.runtime.oip)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 JSON = "application/json"
 
@@ -490,6 +490,10 @@ def create_app(runtime: Runtime, *, token: Optional[str] = None, max_body_bytes:
         Route("/metrics", prometheus, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
+    from tsattn.runtime import oip  # the Open Inference Protocol (/v2): its own module, behind the same Gate
+
+    routes += oip.routes(runtime, predicts=predicts, max_concurrent_predicts=max_concurrent_predicts,
+                         append_timeout_s=append_timeout_s)
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HttpError: on_http_error, ServingError: on_serving_error,
                                         StarletteHTTPException: on_starlette_error})

@@ -1,0 +1,260 @@
+"""tsattn-serve speaks the Open Inference Protocol (KServe v2): a real client nobody here wrote
+(``tritonclient.http``) against a real ``tsattn-serve`` on 127.0.0.1, sequences as streams, binary tensors, and
+the same token, limits and error rules as /v1 (the wire details through Starlette's TestClient)."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from runtime_exports import cacheless_export, reference_export
+from servers import infer_inputs, stream_sequence, tsattn_serve
+from tsattn.runtime import load
+from tsattn.runtime.oip import OipError, parse_infer
+from tsattn.runtime.server import create_app
+
+httpclient = pytest.importorskip("tritonclient.http")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+TOKEN = "oip-t0k3n"
+
+
+def auth():
+    """The token header, a new dict per call (tritonclient's infer adds Inference-Header-Content-Length to it)."""
+    return {"Authorization": f"Bearer {TOKEN}"}
+
+CHUNKS = (1, 3, 1, 7, 2, 5)  # uneven appends: 19 steps, past the 16-position window
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def ref(tmp_path_factory):
+    return reference_export(tmp_path_factory.mktemp("oip") / "ref")
+
+
+@pytest.fixture(scope="module")
+def served(ref):
+    """A real tsattn-serve with a token (from the environment), and a tritonclient for it."""
+    with tsattn_serve(ref[0], env={"TSATTN_SERVE_TOKEN": TOKEN}) as url:
+        client = httpclient.InferenceServerClient(url, network_timeout=60)
+        try:
+            yield client
+        finally:
+            client.close()
+
+
+def _chunks(x, sizes):
+    start, out = 0, []
+    for n in sizes:
+        out.append({"values": x[:, start : start + n]})
+        start += n
+    return out
+
+
+def _runtime_stream(export_dir, x, sizes):
+    """The runtime's stream over the same chunks: the forecast after each chunk, (rows, horizon)."""
+    with load(export_dir, device="cpu") as rt:
+        stream = rt.open_stream(channels=x.shape[0])
+        answers, start = [], 0
+        for n in sizes:
+            f = rt.append(stream, x[:, start : start + n].T if x.shape[0] > 1 else x[0, start : start + n])
+            answers.append(f.T if x.shape[0] > 1 else f[None])
+            start += n
+        return answers
+
+
+@pytest.mark.parametrize("rows,binary", [(2, True), (1, False)])
+def test_a_sequence_streams_like_the_runtime(served, ref, rows, binary):
+    """start, uneven appends, end: each answer's forecast after the last new step equals the runtime's stream."""
+    x = np.random.default_rng(rows).normal(size=(rows, sum(CHUNKS))).astype(np.float32)
+    answers = stream_sequence(served, "reference", _chunks(x, CHUNKS), sequence_id=40 + rows, outputs=["forecast"],
+                              binary=binary, headers=auth())
+    want = _runtime_stream(ref[0], x, CHUNKS)
+    for got, expected in zip(answers, want):
+        f = got["forecast"]
+        assert f.dtype == np.float32 and f.shape[0] == rows and f.shape[-1] == 5
+        assert np.abs(f[:, -1] - expected).max() <= 1e-5
+    # the sequence ended: a further request without START is refused, as Triton refuses it
+    with pytest.raises(InferenceServerException, match="START flag"):
+        served.infer("reference", infer_inputs({"values": x[:, :2]}, binary), sequence_id=40 + rows, headers=auth())
+
+
+def test_interleaved_sequences_and_a_restart_keep_their_own_caches(served, ref):
+    rng = np.random.default_rng(7)
+    a, b = (rng.normal(size=(1, 12)).astype(np.float32) for _ in range(2))
+    want_a, want_b = _runtime_stream(ref[0], a, (4, 8)), _runtime_stream(ref[0], b, (5, 7))
+
+    def send(x, piece, seq, start, end=False):
+        r = served.infer("reference", infer_inputs({"values": x[:, piece]}, True), sequence_id=seq,
+                         sequence_start=start, sequence_end=end, headers=auth())
+        return r.as_numpy("forecast")[:, -1]
+
+    send(b, slice(0, 3), "b-seq", True)  # a string id, restarted below: its first steps are dropped
+    assert np.abs(send(a, slice(0, 4), 9, True) - want_a[0]).max() <= 1e-5
+    assert np.abs(send(b, slice(0, 5), "b-seq", True) - want_b[0]).max() <= 1e-5
+    assert np.abs(send(a, slice(4, 12), 9, False, True) - want_a[1]).max() <= 1e-5
+    assert np.abs(send(b, slice(5, 12), "b-seq", False, True) - want_b[1]).max() <= 1e-5
+
+
+def test_stateless_infer_is_predict(served, ref):
+    x = np.random.default_rng(3).normal(size=(3, 9)).astype(np.float32)
+    r = served.infer("reference", infer_inputs({"values": x}, True), headers=auth())
+    with load(ref[0], device="cpu") as rt:
+        want = rt.predict({"values": x})["forecast"]
+    assert r.as_numpy("forecast").shape == want.shape == (3, 9, 5)
+    assert np.abs(r.as_numpy("forecast") - want).max() <= 1e-5
+
+
+def test_health_metadata_token_and_errors_through_tritonclient(served):
+    assert served.is_server_live() and served.is_server_ready()  # open, like /healthz
+    with pytest.raises(InferenceServerException, match="bearer token"):
+        served.get_model_metadata("reference")
+    assert served.is_model_ready("reference", headers=auth())
+    assert not served.is_model_ready("nope", headers=auth())
+    meta = served.get_model_metadata("reference", headers=auth())
+    assert meta["inputs"] == [{"name": "values", "datatype": "FP32", "shape": [-1, -1]}]
+    assert meta["outputs"] == [{"name": "forecast", "datatype": "FP32", "shape": [-1, -1, 5]}]
+    server = served.get_server_metadata(headers=auth())
+    assert server["name"] == "tsattn-serve" and "sequence" in server["extensions"]
+    assert served.get_model_repository_index(headers=auth()) == [{"name": "reference", "version": "1", "state": "READY"}]
+    x = np.zeros((1, 4), np.float64)
+    with pytest.raises(InferenceServerException, match="datatype FP64; model 'reference' expects FP32"):
+        served.infer("reference", infer_inputs({"values": x}, True), sequence_id=5, sequence_start=True,
+                     headers=auth())
+    with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
+        served.infer("nope", infer_inputs({"values": x.astype(np.float32)}, True), headers=auth())
+    with pytest.raises(InferenceServerException, match="unknown input"):
+        served.infer("reference", infer_inputs({"x": x.astype(np.float32)}, True), headers=auth())
+
+
+# ---------------------------------------------------------------------------------------------------- the wire
+
+
+@pytest.fixture
+def app_client(ref):
+    runtime = load(ref[0], device="cpu", max_append=8)
+    with TestClient(create_app(runtime, max_body_bytes=4096)) as c:
+        yield c
+    runtime.shutdown()
+
+
+def _binary_body(header: dict, *blobs: bytes):
+    head = json.dumps(header).encode()
+    return b"".join([head, *blobs]), {"Inference-Header-Content-Length": str(len(head)),
+                                      "Content-Type": "application/octet-stream"}
+
+
+def _v2_error(r, status, pattern):
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"} and pattern in body["error"], body
+
+
+def test_binary_request_and_response_on_the_wire(app_client):
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    body, headers = _binary_body({"inputs": [{"name": "values", "shape": [2, 3], "datatype": "FP32",
+                                              "parameters": {"binary_data_size": 24}}],
+                                  "outputs": [{"name": "forecast", "parameters": {"binary_data": True}}],
+                                  "parameters": {"sequence_id": 3, "sequence_start": True}, "id": "r1"},
+                                 x.tobytes())
+    r = app_client.post("/v2/models/reference/infer", content=body, headers=headers)
+    assert r.status_code == 200, r.text
+    n = int(r.headers["inference-header-content-length"])
+    head = json.loads(r.content[:n])
+    assert head["id"] == "r1" and head["model_name"] == "reference" and head["model_version"] == "1"
+    (out,) = head["outputs"]
+    size = out["parameters"]["binary_data_size"]
+    assert size == len(r.content) - n == 4 * int(np.prod(out["shape"]))
+    binary = np.frombuffer(r.content[n:], "<f4").reshape(out["shape"])
+    # the same step as JSON (a new sequence, same data): identical numbers
+    r = app_client.post("/v2/models/reference/versions/1/infer", json={
+        "inputs": [{"name": "values", "shape": [2, 3], "datatype": "FP32", "data": x.reshape(-1).tolist()}],
+        "parameters": {"sequence_id": 4, "sequence_start": True, "sequence_end": True}})
+    assert r.status_code == 200 and "inference-header-content-length" not in r.headers
+    (out,) = r.json()["outputs"]
+    assert np.array_equal(np.asarray(out["data"], np.float32).reshape(out["shape"]), binary)
+
+
+def test_every_bad_request_is_a_v2_json_4xx(app_client):
+    url = "/v2/models/reference/infer"
+    good = {"name": "values", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}
+    _v2_error(app_client.post(url, content=b"{not json"), 400, "malformed JSON")
+    _v2_error(app_client.post(url, json=[1]), 422, "expected a JSON object")
+    _v2_error(app_client.post(url, json={"inputs": []}), 422, "non-empty list")
+    _v2_error(app_client.post(url, json={"inputs": [good], "bogus": 1}), 422, "unknown field(s) ['bogus']")
+    _v2_error(app_client.post(url, json={"inputs": [dict(good, shape=[1, 3])]}), 422, "2 values for shape [1, 3]")
+    _v2_error(app_client.post(url, json={"inputs": [dict(good, datatype="BYTES")]}), 422, "is not served")
+    _v2_error(app_client.post(url, json={"inputs": [dict(good, data=["a", "b"])]}), 422, "expected numbers")
+    _v2_error(app_client.post(url, content=json.dumps({"inputs": [dict(good, data=[1.0, float("nan")])]})), 422, "finite")
+    _v2_error(app_client.post(url, json={"inputs": [good], "parameters": {"sequence_id": 77}}), 400, "START flag")
+    _v2_error(app_client.post(url, json={"inputs": [good], "parameters": {"sequence_end": True}}), 400,
+              "without a sequence_id")
+    _v2_error(app_client.post(url, json={"inputs": [good], "parameters": {"sequence_id": 1.5}}), 422,
+              "sequence_id")
+    _v2_error(app_client.post(url, json={"inputs": [good], "outputs": [{"name": "present.0.key"}]}), 422,
+              "unknown output")
+    _v2_error(app_client.post(url, json={"inputs": [dict(good, shape=[1, 9], data=[0.0] * 9)],
+                                         "parameters": {"sequence_id": 2, "sequence_start": True}}), 413,
+              "max_append")
+    _v2_error(app_client.post("/v2/models/reference/versions/2/infer", json={"inputs": [good]}), 404, "version")
+    _v2_error(app_client.get("/v2/models/other"), 404, "unknown model 'other'")
+    head = {"inputs": [{"name": "values", "shape": [1, 2], "datatype": "FP32", "parameters": {"binary_data_size": 8}}]}
+    body, headers = _binary_body(head, struct.pack("<f", 1.0))
+    _v2_error(app_client.post(url, content=body, headers=headers), 400, "4 bytes short")
+    body, headers = _binary_body(head, struct.pack("<3f", 1.0, 2.0, 3.0))
+    _v2_error(app_client.post(url, content=body, headers=headers), 400, "4 bytes of binary data after")
+    _v2_error(app_client.post(url, content=body, headers={"Inference-Header-Content-Length": "9999"}), 400,
+              "the body has")
+    r = app_client.post(url, content=b"x" * 5000)
+    assert r.status_code == 413 and "limit of 4096 bytes" in r.json()["error"]  # the Gate's body limit
+    # a sequence's rows are its first request's batch
+    start = {"inputs": [good], "parameters": {"sequence_id": 8, "sequence_start": True}}
+    assert app_client.post(url, json=start).status_code == 200
+    _v2_error(app_client.post(url, json={"inputs": [dict(good, shape=[2, 1])], "parameters": {"sequence_id": 8}}),
+              422, "has 1 rows")
+
+
+def test_metrics_count_v2_routes(app_client):
+    assert app_client.get("/v2/health/ready").status_code == 200
+    assert app_client.get("/v2/models/reference").status_code == 200
+    text = app_client.get("/metrics").text
+    assert 'route="/v2/models/{name}"' in text and 'route="/v2/health/ready"' in text
+
+
+def test_parse_infer_reads_nested_json_and_refuses_mixed_binary():
+    r = parse_infer(json.dumps({"inputs": [{"name": "v", "shape": [2, 2], "datatype": "INT64",
+                                            "data": [[1, 2], [3, 4]]}]}).encode(), None)
+    assert r.inputs["v"].dtype == np.int64 and r.inputs["v"].tolist() == [[1, 2], [3, 4]]
+    with pytest.raises(OipError, match="both data and binary_data_size"):
+        parse_infer(json.dumps({"inputs": [{"name": "v", "shape": [1], "datatype": "FP32", "data": [1.0],
+                                            "parameters": {"binary_data_size": 4}}]}).encode(), None)
+    with pytest.raises(OipError, match="expected integers"):
+        parse_infer(json.dumps({"inputs": [{"name": "v", "shape": [1], "datatype": "INT32",
+                                            "data": [1.5]}]}).encode(), None)
+
+
+def test_a_cacheless_export_serves_plain_infer_and_refuses_sequences(tmp_path):
+    out, module = cacheless_export(tmp_path / "window")
+    runtime = load(out, device="cpu")
+    import torch
+
+    with TestClient(create_app(runtime)) as c:
+        meta = c.get("/v2/models/window").json()
+        assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 16, 3]}]
+        x = np.random.default_rng(1).normal(size=(2, 16, 3)).astype(np.float32)
+        body = {"inputs": [{"name": "x", "shape": [2, 16, 3], "datatype": "FP32", "data": x.reshape(-1).tolist()}]}
+        r = c.post("/v2/models/window/infer", json=body)
+        assert r.status_code == 200, r.text
+        (y,) = r.json()["outputs"]
+        with torch.no_grad():
+            want = module(torch.from_numpy(x)).numpy()
+        assert y["shape"] == [2, 4, 3] and np.abs(np.asarray(y["data"]).reshape(2, 4, 3) - want).max() <= 1e-4
+        _v2_error(c.post("/v2/models/window/infer", json=dict(body, parameters={"sequence_id": 1,
+                                                                               "sequence_start": True})),
+                  400, "does not stream")
+    runtime.shutdown()

@@ -1,0 +1,505 @@
+"""The Open Inference Protocol (KServe v2, as Triton speaks it) in ``tsattn-serve``: one client for one machine and
+for a Triton cluster.
+
+    GET  /v2                                     server metadata: name, version, extensions
+    GET  /v2/health/live, /v2/health/ready       200 (no token needed, like /healthz)
+    GET  /v2/models/{name}[/versions/1]          model metadata: inputs and outputs (datatype, shape; -1: any)
+    GET  /v2/models/{name}[/versions/1]/ready    200, or 404 for another name
+    POST /v2/models/{name}[/versions/1]/infer    JSON tensors, or Triton's binary tensor extension
+    POST /v2/repository/index                    [{"name", "version", "state"}]
+
+Tensors are the graph's tensors in the graph's layout, batch axis included (what the ``--triton-repo`` entry takes,
+``max_batch_size: 0``): for the reference export ``values`` ``[rows, n]`` in, ``forecast`` ``[rows, n, horizon]``
+out; the cache tensors never appear. The metadata lists them.
+
+Sequences (Triton's sequence extension) are streams: ``parameters.sequence_id`` (a positive integer or a
+non-empty string) names the sequence; ``sequence_start: true`` opens a stream for it (closing one that the id
+named before), ``sequence_end: true`` closes it after its request; every request of a sequence appends its
+steps to the stream and answers the outputs of those steps. A request without a ``sequence_id`` is a stateless
+forward (the runtime's ``predict``: caches empty); an export without a cache (stateless) has only that. An id
+that was never started answers 400, as Triton does; a stream evicted meanwhile 410.
+
+Binary tensors: a request whose header ``Inference-Header-Content-Length`` is N has N bytes of JSON, then the
+raw little-endian data of every input whose ``parameters.binary_data_size`` is set, in input order. Outputs are
+binary when their ``parameters.binary_data`` is true, or by default when the request's
+``parameters.binary_data_output`` is true; the answer then carries ``Inference-Header-Content-Length`` too.
+
+Same rules as the ``/v1`` API (``tsattn.runtime.server``): the token, the body limit and the metrics of its
+``Gate``, the runtime's limits, statuses and ``Retry-After``; errors are v2 JSON ``{"error": message}``. A
+datatype that is not the graph's is refused (422), as Triton refuses it; ``BYTES`` tensors are not served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from tsattn.runtime.engine import Runtime
+from tsattn.runtime.errors import CapacityError, NotSupported, Overloaded, ServingError, StreamEvicted, UnknownStream
+
+JSON = "application/json"
+HEADER_LENGTH = "inference-header-content-length"
+VERSION = "1"
+OPEN_PATHS = ("/v2/health/live", "/v2/health/ready")
+EXTENSIONS = ["binary_tensor_data", "sequence", "parameters"]
+
+# v2 datatype <-> numpy (little-endian on the wire)
+DATATYPES = {"BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32", "UINT64": "uint64",
+             "INT8": "int8", "INT16": "int16", "INT32": "int32", "INT64": "int64", "FP16": "float16",
+             "FP32": "float32", "FP64": "float64"}
+NUMPY_TO_V2 = {v: k for k, v in DATATYPES.items()}
+
+
+class OipError(Exception):
+    """An error answered with ``status`` and ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str, headers: Optional[Dict[str, str]] = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+def error_response(status: int, message: str, headers: Optional[Dict[str, str]] = None) -> Response:
+    return Response(json.dumps({"error": message}), status_code=status, headers=headers, media_type=JSON)
+
+
+# ---------------------------------------------------------------------------------------------------- the wire
+
+
+@dataclass
+class InferRequest:
+    """A parsed infer request: ``inputs`` name -> array (the declared shape and datatype), ``outputs`` the
+    requested outputs as (name, binary) or None for all, ``binary_default`` for outputs not named."""
+
+    id: Optional[str]
+    parameters: Dict[str, Any]
+    inputs: Dict[str, np.ndarray]
+    outputs: Optional[List[Tuple[str, bool]]]
+    binary_default: bool
+
+
+def _object(value: Any, what: str) -> Dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise OipError(422, f"{what}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def _flag(parameters: Mapping[str, Any], key: str, what: str) -> bool:
+    value = parameters.get(key, False)
+    if not isinstance(value, bool):
+        raise OipError(422, f"{what}.{key}: expected true or false, got {json.dumps(value)}")
+    return value
+
+
+def _shape(value: Any, what: str) -> Tuple[int, ...]:
+    if not isinstance(value, list) or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in value):
+        raise OipError(422, f"{what}.shape: expected a list of non-negative integers, got {json.dumps(value)}")
+    return tuple(value)
+
+
+def parse_infer(raw: bytes, header_length: Optional[str]) -> InferRequest:
+    """Parse an infer request body (JSON, or JSON and binary tensor data when ``header_length`` is given)."""
+    if header_length is not None:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise OipError(400, f"Inference-Header-Content-Length is not a number: {header_length!r}") from None
+        if not 0 < n <= len(raw):
+            raise OipError(400, f"Inference-Header-Content-Length is {n}; the body has {len(raw)} bytes")
+        head, binary = raw[:n], memoryview(raw)[n:]
+    else:
+        head, binary = raw, memoryview(b"")
+    try:
+        data = json.loads(head)
+    except UnicodeDecodeError:
+        raise OipError(400, "malformed JSON: the request header is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise OipError(400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    if not isinstance(data, dict):
+        raise OipError(422, f"expected a JSON object, got {type(data).__name__}")
+    extra = sorted(set(data) - {"id", "parameters", "inputs", "outputs"})
+    if extra:
+        raise OipError(422, f"unknown field(s) {extra}; an infer request has id, parameters, inputs, outputs")
+    request_id = data.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise OipError(422, f"id: expected a string, got {json.dumps(request_id)}")
+    parameters = _object(data.get("parameters"), "parameters")
+    inputs_field = data.get("inputs")
+    if not isinstance(inputs_field, list) or not inputs_field:
+        raise OipError(422, "inputs: expected a non-empty list of tensors")
+    inputs: Dict[str, np.ndarray] = {}
+    offset = 0
+    for i, t in enumerate(inputs_field):
+        what = f"inputs[{i}]"
+        if not isinstance(t, dict):
+            raise OipError(422, f"{what}: expected an object with name, shape, datatype, data")
+        name = t.get("name")
+        if not isinstance(name, str) or not name:
+            raise OipError(422, f"{what}.name: expected a non-empty string")
+        what = f"input {name!r}"
+        if name in inputs:
+            raise OipError(422, f"{what} is given twice")
+        shape = _shape(t.get("shape"), what)
+        datatype = t.get("datatype")
+        if datatype not in DATATYPES:
+            raise OipError(422, f"{what}: datatype {json.dumps(datatype)} is not served; one of {sorted(DATATYPES)}")
+        dtype = np.dtype(DATATYPES[datatype]).newbyteorder("<")
+        count = math.prod(shape)
+        t_params = _object(t.get("parameters"), f"{what}.parameters")
+        size = t_params.get("binary_data_size")
+        if size is not None:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise OipError(422, f"{what}.parameters.binary_data_size: expected a byte count, got {size!r}")
+            if "data" in t:
+                raise OipError(422, f"{what} has both data and binary_data_size")
+            if size != count * dtype.itemsize:
+                raise OipError(422, f"{what}: binary_data_size is {size} bytes; shape {list(shape)} of {datatype} "
+                                    f"needs {count * dtype.itemsize}")
+            if offset + size > len(binary):
+                raise OipError(400, f"{what}: the body ends {offset + size - len(binary)} bytes short of its binary "
+                                    f"data")
+            array = np.frombuffer(binary[offset : offset + size], dtype=dtype).reshape(shape)
+            offset += size
+        else:
+            if "data" not in t:
+                raise OipError(422, f"{what}: no data (give data, or binary_data_size with binary data)")
+            array = _json_tensor(t["data"], dtype, shape, what)
+        inputs[name] = array.astype(dtype.newbyteorder("="), copy=False)
+    if offset != len(binary):
+        raise OipError(400, f"{len(binary) - offset} bytes of binary data after the inputs' binary_data_size")
+    outputs = None
+    if data.get("outputs") is not None:
+        if not isinstance(data["outputs"], list):
+            raise OipError(422, "outputs: expected a list of {name, parameters}")
+        outputs = []
+        for i, o in enumerate(data["outputs"]):
+            if not isinstance(o, dict) or not isinstance(o.get("name"), str):
+                raise OipError(422, f"outputs[{i}]: expected an object with a name")
+            o_params = _object(o.get("parameters"), f"output {o['name']!r}.parameters")
+            if o_params.get("classification"):
+                raise OipError(422, f"output {o['name']!r}: the classification extension is not served")
+            binary_flag = o_params.get("binary_data")
+            if binary_flag is not None and not isinstance(binary_flag, bool):
+                raise OipError(422, f"output {o['name']!r}.parameters.binary_data: expected true or false")
+            outputs.append((o["name"], binary_flag))
+    default = _flag(parameters, "binary_data_output", "parameters")
+    if outputs is not None:
+        outputs = [(n, default if b is None else b) for n, b in outputs]
+    return InferRequest(request_id, parameters, inputs, outputs, default)
+
+
+def _json_tensor(data: Any, dtype: np.dtype, shape: Tuple[int, ...], what: str) -> np.ndarray:
+    """JSON ``data`` (flat, row-major, or nested) as an array of ``shape``."""
+    if not isinstance(data, list):
+        raise OipError(422, f"{what}.data: expected a list of numbers")
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError):
+        raise OipError(422, f"{what}.data: not a rectangular list of numbers") from None
+    kind = array.dtype.kind
+    if dtype.kind == "b" and kind != "b" or dtype.kind != "b" and kind not in "iuf" and array.size:
+        raise OipError(422, f"{what}.data: expected {'booleans' if dtype.kind == 'b' else 'numbers'}")
+    if array.size != math.prod(shape):
+        raise OipError(422, f"{what}: {array.size} values for shape {list(shape)} ({math.prod(shape)} values)")
+    if dtype.kind in "iu" and kind == "f" and not np.array_equal(array, np.round(array)):
+        raise OipError(422, f"{what}.data: expected integers for {NUMPY_TO_V2[dtype.name]}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        return array.astype(dtype).reshape(shape)
+
+
+def encode_response(model: str, request: InferRequest, outputs: Mapping[str, np.ndarray],
+                    parameters: Optional[Dict[str, Any]] = None) -> Response:
+    """The infer response: requested outputs (all by default) as JSON data or binary data after the JSON."""
+    wanted = request.outputs if request.outputs is not None else [(n, request.binary_default) for n in outputs]
+    unknown = [n for n, _ in wanted if n not in outputs]
+    if unknown:
+        raise OipError(422, f"unknown output(s) {unknown}; the model's outputs are {list(outputs)}")
+    entries, blobs = [], []
+    for name, binary in wanted:
+        array = np.ascontiguousarray(outputs[name])
+        entry: Dict[str, Any] = {"name": name, "datatype": NUMPY_TO_V2[array.dtype.name], "shape": list(array.shape)}
+        if binary:
+            blob = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = array.reshape(-1).tolist()
+        entries.append(entry)
+    body: Dict[str, Any] = {"model_name": model, "model_version": VERSION, "outputs": entries}
+    if request.id is not None:
+        body["id"] = request.id
+    if parameters:
+        body["parameters"] = parameters
+    head = json.dumps(body).encode()
+    if not blobs:
+        return Response(head, media_type=JSON)
+    return Response(b"".join([head, *blobs]), media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(len(head))})
+
+
+# ---------------------------------------------------------------------------------------------------- the model
+
+
+def _v2_shape(shape: Sequence) -> List[int]:
+    return [d if isinstance(d, int) else -1 for d in shape]
+
+
+class _Model:
+    """What OIP serves of the runtime's export: the tensors a request carries, and how a sequence step maps onto
+    the runtime's stream append."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        m = runtime.manifest
+        self.runtime = runtime
+        self.name = m.name
+        self.streams = runtime.streams_unsupported is None
+        cache = m.cache
+        graph = m.graphs[cache.graph if self.streams else runtime._graph_name(None)]
+        hidden = set(cache.past_names()) | set(cache.present_names()) if cache is not None else set()
+        self.graph = graph
+        self.inputs = [t for t in graph.inputs if t.name not in hidden]
+        self.outputs = [t for t in graph.outputs if t.name not in hidden]
+
+    def metadata(self) -> Dict[str, Any]:
+        def tensor(t) -> Dict[str, Any]:
+            return {"name": t.name, "datatype": NUMPY_TO_V2[t.dtype], "shape": _v2_shape(t.shape)}
+
+        return {"name": self.name, "versions": [VERSION], "platform": "onnxruntime_onnx",
+                "inputs": [tensor(t) for t in self.inputs], "outputs": [tensor(t) for t in self.outputs]}
+
+    def check(self, inputs: Mapping[str, np.ndarray]) -> None:
+        """The request's inputs are the model's, with the graph's datatype and rank (the runtime checks dims)."""
+        names = [t.name for t in self.inputs]
+        unknown = sorted(set(inputs) - set(names))
+        if unknown:
+            raise OipError(422, f"unknown input(s) {unknown}; model {self.name!r} takes {names}")
+        missing = [n for n in names if n not in inputs]
+        if missing:
+            raise OipError(422, f"missing input(s) {missing} of model {self.name!r}")
+        for t in self.inputs:
+            a = inputs[t.name]
+            if a.dtype != np.dtype(t.dtype):
+                raise OipError(422, f"input {t.name!r}: datatype {NUMPY_TO_V2[a.dtype.name]}; model {self.name!r} "
+                                    f"expects {NUMPY_TO_V2[t.dtype]}")
+            if a.ndim != len(t.shape):
+                raise OipError(422, f"input {t.name!r} has shape {list(a.shape)}; model {self.name!r} expects "
+                                    f"{_v2_shape(t.shape)}")
+
+    def rows(self, inputs: Mapping[str, np.ndarray]) -> int:
+        rows = {a.shape[0] for a in inputs.values()}
+        if len(rows) != 1 or 0 in rows:
+            raise OipError(422, f"the inputs' first dim (the batch: a sequence's rows) differs or is empty: "
+                                f"{ {n: list(a.shape) for n, a in inputs.items()} }")
+        return rows.pop()
+
+    def step_values(self, inputs: Mapping[str, np.ndarray], rows: int) -> Any:
+        """The runtime append's observations for a sequence request's inputs (graph layout, batch first)."""
+        (array,) = inputs.values()
+        steps = np.moveaxis(array, 0, 1)  # (n, rows, *features)
+        return steps[:, 0] if rows == 1 else steps
+
+    def step_outputs(self, result, rows: int) -> Dict[str, np.ndarray]:
+        """The sequence request's outputs (graph layout, batch first) from the runtime's step result: the primary
+        output after the last new step, as one step of the graph's output."""
+        (out,) = [t for t in self.outputs][:1]
+        forecast = np.asarray(result.forecast)
+        piece = forecast[None] if rows == 1 else np.moveaxis(forecast, -1, 0)  # (rows, *out)
+        seq = self.runtime._stream_graph.output_seq_axis
+        return {out.name: piece if seq is None else np.expand_dims(piece, seq)}
+
+
+# ---------------------------------------------------------------------------------------------------- sequences
+
+
+class Sequences:
+    """Sequence ids -> the runtime's stream ids (bounded: entries whose stream is gone are dropped as the map
+    grows past ``runtime.max_streams``)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._streams: Dict[Tuple[str, Union[int, str]], str] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(parameters: Mapping[str, Any]) -> Optional[Tuple[str, Union[int, str]]]:
+        """The sequence's key, or None for a request outside any sequence (no id, 0 or "")."""
+        value = parameters.get("sequence_id")
+        if value is None or value == 0 or value == "":
+            for flag in ("sequence_start", "sequence_end"):
+                if parameters.get(flag):
+                    raise OipError(400, f"parameters.{flag} without a sequence_id")
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or (isinstance(value, int) and value < 0):
+            raise OipError(422, f"parameters.sequence_id: expected a positive integer or a string, got "
+                                f"{json.dumps(value)}")
+        return ("i", value) if isinstance(value, int) else ("s", value)
+
+    def start(self, key, rows: int) -> str:
+        with self._lock:
+            old = self._streams.pop(key, None)
+        if old is not None:
+            self._close(old)
+        stream = self.runtime.open_stream(rows)
+        with self._lock:
+            self._streams[key] = stream.id
+            if len(self._streams) > 2 * self.runtime.max_streams:
+                self._prune_locked()
+        return stream.id
+
+    def get(self, key, model: str) -> str:
+        with self._lock:
+            stream_id = self._streams.get(key)
+        if stream_id is None:
+            raise OipError(400, f"inference request for sequence {key[1]!r} to model {model!r} must specify the "
+                                f"START flag on the first request of the sequence")
+        return stream_id
+
+    def end(self, key, stream_id: str) -> None:
+        with self._lock:
+            if self._streams.get(key) == stream_id:
+                del self._streams[key]
+        self._close(stream_id)
+
+    def forget(self, key, stream_id: str) -> None:
+        with self._lock:
+            if self._streams.get(key) == stream_id:
+                del self._streams[key]
+
+    def _close(self, stream_id: str) -> None:
+        try:
+            self.runtime.close(stream_id)
+        except UnknownStream:  # evicted or closed meanwhile
+            pass
+
+    def _prune_locked(self) -> None:
+        for key, stream_id in list(self._streams.items()):
+            try:
+                self.runtime.get_stream(stream_id)
+            except UnknownStream:
+                del self._streams[key]
+
+
+# ---------------------------------------------------------------------------------------------------- routes
+
+
+def routes(runtime: Runtime, *, predicts: threading.BoundedSemaphore, max_concurrent_predicts: int,
+           append_timeout_s: float) -> List[Route]:
+    """The ``/v2`` routes for ``runtime`` (mounted by ``tsattn.runtime.server.create_app``, behind its Gate).
+    ``predicts``: the semaphore that bounds the /v1 predicts, shared."""
+    from tsattn import __version__
+    from tsattn.runtime.server import _within
+
+    model = _Model(runtime)
+    sequences = Sequences(runtime)
+
+    def v2(handler):
+        async def endpoint(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except OipError as exc:
+                return error_response(exc.status, exc.message, exc.headers)
+            except ServingError as exc:
+                headers = None
+                if isinstance(exc, CapacityError):
+                    headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after or 1)))}
+                return error_response(exc.status, str(exc), headers)
+
+        return endpoint
+
+    def named(request: Request) -> None:
+        name = request.path_params["name"]
+        if name != model.name:
+            raise OipError(404, f"unknown model {name!r}; this server serves {model.name!r}")
+        version = request.path_params.get("version")
+        if version is not None and version != VERSION:
+            raise OipError(404, f"model {name!r} has no version {version!r}; it has version {VERSION!r}")
+
+    def ok(body: Any) -> Response:
+        return Response(json.dumps(body), media_type=JSON)
+
+    async def server_metadata(request: Request) -> Response:
+        return ok({"name": "tsattn-serve", "version": __version__, "extensions": EXTENSIONS})
+
+    async def health(request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def model_metadata(request: Request) -> Response:
+        named(request)
+        return ok(model.metadata())
+
+    async def model_ready(request: Request) -> Response:
+        named(request)
+        return Response(status_code=200)
+
+    async def repository_index(request: Request) -> Response:
+        return ok([{"name": model.name, "version": VERSION, "state": "READY"}])
+
+    async def infer(request: Request) -> Response:
+        named(request)
+        if request.headers.get("content-encoding", "identity") != "identity":
+            raise OipError(415, f"Content-Encoding {request.headers['content-encoding']!r} is not accepted; send "
+                                f"the request uncompressed")
+        parsed = parse_infer(await request.body(), request.headers.get(HEADER_LENGTH))
+        model.check(parsed.inputs)
+        key = Sequences.key(parsed.parameters)
+        if key is None:
+            return encode_response(model.name, parsed, await stateless(parsed.inputs))
+        if not model.streams:
+            raise NotSupported(f"model {model.name!r} does not stream: {runtime.streams_unsupported}; send the "
+                               f"request without a sequence_id")
+        rows = model.rows(parsed.inputs)
+        start = _flag(parsed.parameters, "sequence_start", "parameters")
+        end = _flag(parsed.parameters, "sequence_end", "parameters")
+        stream_id = sequences.start(key, rows) if start else sequences.get(key, model.name)
+        try:
+            stream = runtime.get_stream(stream_id)
+            if stream.rows != rows:
+                raise OipError(422, f"sequence {key[1]!r} has {stream.rows} rows (its first request's batch); this "
+                                    f"request has {rows}")
+            future = runtime.append_async(stream_id, model.step_values(parsed.inputs, rows))
+            try:
+                result = await _within(future, append_timeout_s)
+            except asyncio.TimeoutError:
+                raise Overloaded(f"the step did not run within {append_timeout_s:g} s; it may still be applied",
+                                 retry_after=1.0) from None
+        except (StreamEvicted, UnknownStream):
+            sequences.forget(key, stream_id)
+            raise
+        finally:
+            if end:
+                sequences.end(key, stream_id)
+        return encode_response(model.name, parsed, model.step_outputs(result, rows))
+
+    async def stateless(inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        from starlette.concurrency import run_in_threadpool
+
+        if not predicts.acquire(blocking=False):
+            raise Overloaded(f"{max_concurrent_predicts} predicts are running (max_concurrent_predicts)")
+        try:
+            return await run_in_threadpool(runtime.predict, inputs, model.graph.name)
+        finally:
+            predicts.release()
+
+    routes = [Route("/v2", v2(server_metadata), methods=["GET"]),
+              Route("/v2/health/live", v2(health), methods=["GET"]),
+              Route("/v2/health/ready", v2(health), methods=["GET"]),
+              Route("/v2/repository/index", v2(repository_index), methods=["POST"])]
+    for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
+        routes += [Route(base, v2(model_metadata), methods=["GET"]),
+                   Route(base + "/ready", v2(model_ready), methods=["GET"]),
+                   Route(base + "/infer", v2(infer), methods=["POST"])]
+    return routes
+
+
+__all__ = ["DATATYPES", "InferRequest", "OPEN_PATHS", "OipError", "Sequences", "encode_response", "parse_infer",
+           "routes"]
