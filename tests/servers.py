@@ -1,17 +1,22 @@
 """Real servers for the protocol tests: ``tsattn-serve`` in a subprocess on 127.0.0.1 (port 0, read back from its
-log), and the client code that drives it and Triton alike (``tritonclient.http``)."""
+log), ``tritonserver`` where one is installed, and the client code that drives both alike
+(``tritonclient.http``)."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -82,3 +87,95 @@ def stream_sequence(client, model: str, chunks: Sequence[Dict[str, np.ndarray]],
                               headers=dict(headers or {}))  # infer adds its own headers to the dict
         answers.append({n: result.as_numpy(n) for n in outputs})
     return answers
+
+
+# ---------------------------------------------------------------------------------------------------- tritonserver
+
+TRITON_ENV = "TSATTN_TRITONSERVER"  # a Triton install: a directory with bin/tritonserver and backends/python/
+
+
+def triton_install() -> Tuple[Optional[Path], str]:
+    """Where a tritonserver with the Python backend is (``$TSATTN_TRITONSERVER``, the ``nvidia-pytriton`` wheel's
+    copy, or ``tritonserver`` on PATH), or None and why not."""
+    candidates = []
+    if os.environ.get(TRITON_ENV):
+        candidates.append(Path(os.environ[TRITON_ENV]))
+    spec = importlib.util.find_spec("pytriton")  # finds the package without importing it (nor its dependencies)
+    if spec is not None and spec.submodule_search_locations:
+        candidates.append(Path(list(spec.submodule_search_locations)[0]) / "tritonserver")
+    found = shutil.which("tritonserver")
+    if found:
+        candidates.append(Path(found).resolve().parent.parent)
+    for root in candidates:
+        if (root / "bin" / "tritonserver").is_file() and (root / "backends" / "python").is_dir():
+            return root, ""
+    return None, (f"no tritonserver with the Python backend: set ${TRITON_ENV} to a Triton directory, or "
+                  f"`pip install --no-deps nvidia-pytriton` (it ships tritonserver 2.51); looked at "
+                  f"{[str(c) for c in candidates] or 'nothing'}")
+
+
+def python_backend_dir(root: Path, into: Path) -> Tuple[Optional[Path], str]:
+    """A backend directory whose Python backend runs this interpreter's Python: the nvidia-pytriton wheel keeps
+    one stub per Python version (python_backend_stubs/X.Y) and copies the right one in at start; a Triton image
+    has its stub in place. Returns (directory, "") or (None, why not)."""
+    source = root / "backends" / "python"
+    stub = source / "triton_python_backend_stub"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if not stub.is_file():
+        stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        return None, f"{root}: no Python backend stub for Python {version}"
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        return None, (f"this Python ({sys.executable}) has no shared libpython for the stub to embed; give the "
+                      f"entry a virtual environment instead (--triton-python-env)")
+    python = into / "python"
+    python.mkdir(parents=True, exist_ok=True)
+    for f in source.iterdir():
+        if f.name != stub.name:
+            (python / f.name).symlink_to(f)
+    (python / stub.name).symlink_to(stub)
+    return into, ""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def tritonserver(root: Path, backends: Path, repo: Path, log: Path, timeout: float = 120) -> Iterator[str]:
+    """``tritonserver`` on 127.0.0.1 (HTTP only, a free port; gRPC and metrics off) serving ``repo``, its log in
+    ``log``; yields ``127.0.0.1:PORT`` once the server is ready, stops it (SIGTERM) after. The stub embeds this
+    interpreter's libpython (``LD_LIBRARY_PATH``), so it sees this interpreter's numpy and onnxruntime."""
+    import tritonclient.http as httpclient
+
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [sysconfig.get_config_var("LIBDIR"),
+                                                           env.get("LD_LIBRARY_PATH")]))
+    port = free_port()
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(root / "bin" / "tritonserver"), f"--model-repository={repo}",
+                                 f"--backend-directory={backends}", "--http-address=127.0.0.1",
+                                 f"--http-port={port}", "--allow-grpc=false", "--allow-metrics=false",
+                                 "--exit-timeout-secs=5", "--log-verbose=0"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"127.0.0.1:{port}"
+    try:
+        client = httpclient.InferenceServerClient(url)
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"tritonserver exited ({proc.returncode}); its log:\n{log.read_text()[-4000:]}")
+            try:
+                if client.is_server_ready():
+                    break
+            except Exception:  # not listening yet
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"tritonserver not ready after {timeout:g} s; its log:\n{log.read_text()[-4000:]}")
+            time.sleep(0.25)
+        client.close()
+        yield url
+    finally:
+        stop(proc, timeout=20)

@@ -52,7 +52,9 @@ The export directory holds <graph>.onnx, <graph>.pt (TorchScript) and manifest.j
 inputs/outputs with symbolic dims, the KV-cache spec, parity results, versions); see exported_models/README.md.
 It is written to a temporary directory beside --out and renamed into place only when every check passed.
 --triton-repo DIR also writes DIR/<name>/config.pbtxt and DIR/<name>/1/model.onnx for Triton Inference Server
-(ONNX Runtime backend; a KV cache becomes sequence_batching implicit state; see tsattn/export/triton.py).
+(ONNX Runtime backend; a KV cache becomes sequence_batching implicit state; see tsattn/export/triton.py);
+--triton-backend python writes 1/model.py instead, which runs the graph with ONNX Runtime and keeps each
+sequence's cache (tsattn/export/triton_python.py).
 
 exit codes:
   0  exported, every parity check within tolerance
@@ -157,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--triton-instances", metavar="N", type=int, default=1,
                         help="Triton model instances (instance_group count, default 1); sequences run in parallel "
                              "across instances")
+    parser.add_argument("--triton-backend", choices=("onnxruntime", "python"), default="onnxruntime",
+                        help="onnxruntime (default; Triton keeps the cache as implicit state) or python (model.py "
+                             "runs the graph with ONNX Runtime and keeps each sequence's cache: for servers without "
+                             "the ONNX Runtime backend, e.g. the one nvidia-pytriton ships)")
+    parser.add_argument("--triton-python-env", metavar="PATH",
+                        help="with --triton-backend python: a virtual environment with numpy and onnxruntime for the "
+                             "backend's stub (EXECUTION_ENV_PATH)")
     parser.add_argument("--json", action="store_true", help="print the manifest as JSON on stdout")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (and the exporters' own)")
     return parser
@@ -298,7 +307,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         try:
             triton_dir = write_triton_repo(manifest, args.triton_repo, model_name=triton_entry.name,
-                                           instances=args.triton_instances, overwrite=args.overwrite)
+                                           instances=args.triton_instances, overwrite=args.overwrite,
+                                           backend=args.triton_backend, python_env=args.triton_python_env)
         except (ValueError, OSError) as exc:
             print(f"{PROG}: the export is at {manifest.root}, but --triton-repo failed: {exc}", file=sys.stderr)
             return EXIT_TRITON
@@ -308,7 +318,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         _report(manifest, sys.stdout)
         if triton_dir is not None:
-            print(f"Triton model repository entry: {triton_dir} (config.pbtxt, 1/model.onnx)")
+            files = "model.py, model.onnx" if args.triton_backend == "python" else "model.onnx"
+            print(f"Triton model repository entry: {triton_dir} (config.pbtxt, 1/{files})")
     return EXIT_OK
 
 

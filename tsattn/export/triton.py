@@ -52,6 +52,7 @@ TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYP
 CONTROLS = (("START", "CONTROL_SEQUENCE_START"), ("END", "CONTROL_SEQUENCE_END"),
             ("READY", "CONTROL_SEQUENCE_READY"))
 CORRID = "CORRID"
+BACKENDS = ("onnxruntime", "python")  # python: tsattn.export.triton_python (CPU servers without ONNX Runtime)
 INNER = "tsattn_inner/"  # prefix of the original cache tensor names inside the wrapped graph
 
 
@@ -234,15 +235,20 @@ def plain_config(name: str, graph: GraphSpec, instances: int, max_batch_size: in
 
 def write_triton_repo(export: Union[str, os.PathLike, Manifest], repo: Union[str, os.PathLike],
                       model_name: Optional[str] = None, instances: int = 1, max_sequence_idle_s: float = 60.0,
-                      max_batch_size: int = 64, overwrite: bool = False) -> Path:
+                      max_batch_size: int = 64, overwrite: bool = False, backend: str = "onnxruntime",
+                      python_env: Optional[str] = None) -> Path:
     """Write ``repo/<model_name>/`` (config.pbtxt, 1/model.onnx) for an export (a directory or its manifest);
-    returns that directory. Raises ``ManifestError`` (the export does not verify), ``TritonRepoError`` (the
+    returns that directory. ``backend``: "onnxruntime" (the default, above) or "python" (model.py runs the graph
+    with ONNX Runtime and keeps the caches; ``python_env`` its EXECUTION_ENV_PATH: ``tsattn.export.triton_python``).
+    Raises ``ManifestError`` (the export does not verify), ``TritonRepoError`` (the
     entry exists without ``overwrite``, unsafe state names, no ONNX graph). Written beside and renamed into place.
     """
     import onnx
 
     from tsattn import __version__
 
+    if backend not in BACKENDS:
+        raise TritonRepoError(f"backend must be one of {BACKENDS}; got {backend!r}")
     manifest = export if isinstance(export, Manifest) else load_manifest(export)
     name = model_name or manifest.name
     if not name or "/" in name or name.startswith("."):
@@ -259,8 +265,10 @@ def write_triton_repo(export: Union[str, os.PathLike, Manifest], repo: Union[str
     header = (f"# Triton model configuration written by tsattn-export --triton-repo (tsattn {__version__}) for the "
               f"export {manifest.name!r}\n# (source: {manifest.source.get('kind')}, exporter {manifest.exporter}, "
               f"opset {manifest.opset}). See tsattn/export/triton.py for the design.\n")
-    model = onnx.load(str(manifest.graph_file(graph_name, "onnx")))
-    if cache is not None:
+    model = onnx.load(str(manifest.graph_file(graph_name, "onnx"))) if backend == "onnxruntime" else None
+    if model is None:
+        config = None  # the Python-backend entry writes its own files (tsattn.export.triton_python)
+    elif cache is not None:
         problem = state_names_safe(state_names(cache))
         if problem:
             raise TritonRepoError(f"cannot name the cache states safely for Triton: {problem}")
@@ -275,9 +283,14 @@ def write_triton_repo(export: Union[str, os.PathLike, Manifest], repo: Union[str
     repo.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=repo))
     try:
-        (tmp / "1").mkdir()
-        onnx.save(model, str(tmp / "1" / "model.onnx"))
-        (tmp / "config.pbtxt").write_text(config)
+        if model is None:
+            from tsattn.export.triton_python import write_entry
+
+            write_entry(tmp, manifest, graph_name, name, instances, max_sequence_idle_s, header, python_env)
+        else:
+            (tmp / "1").mkdir()
+            onnx.save(model, str(tmp / "1" / "model.onnx"))
+            (tmp / "config.pbtxt").write_text(config)
         os.chmod(tmp, 0o755)
         if target.exists():
             shutil.rmtree(target)
@@ -288,5 +301,5 @@ def write_triton_repo(export: Union[str, os.PathLike, Manifest], repo: Union[str
     return target
 
 
-__all__ = ["CONTROLS", "CORRID", "TritonRepoError", "plain_config", "sequence_config", "sequence_model",
+__all__ = ["BACKENDS", "CONTROLS", "CORRID", "TritonRepoError", "plain_config", "sequence_config", "sequence_model",
            "state_names", "state_names_safe", "write_triton_repo"]
