@@ -16,7 +16,7 @@ import sys
 import sysconfig
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -35,23 +35,31 @@ def stop(proc: subprocess.Popen, timeout: float = 15) -> None:
             proc.wait(timeout=timeout)
 
 
+class Served(NamedTuple):
+    http: str  # 127.0.0.1:PORT
+    grpc: Optional[str]  # 127.0.0.1:PORT with --grpc-port, else None
+
+
 @contextlib.contextmanager
 def tsattn_serve(export_dir: Path, *args: str, env: Optional[Dict[str, str]] = None,
-                 timeout: float = 90) -> Iterator[str]:
-    """``tsattn-serve EXPORT --port 0 --device cpu ARGS`` in a subprocess; yields ``127.0.0.1:PORT``."""
+                 timeout: float = 90) -> Iterator[Served]:
+    """``tsattn-serve EXPORT --port 0 --device cpu ARGS`` in a subprocess; yields its addresses."""
     environment = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), **(env or {}))
     proc = subprocess.Popen([sys.executable, "-m", "tsattn.runtime.cli", str(export_dir), "--port", "0",
                              "--device", "cpu", *args], stderr=subprocess.PIPE, text=True, env=environment)
     try:
         deadline = time.monotonic() + timeout
-        line = ""
+        line, grpc = "", None
         while time.monotonic() < deadline and "serving" not in line:
             line = proc.stderr.readline()
             if not line and proc.poll() is not None:
                 raise RuntimeError("tsattn-serve exited before serving")
+            found = re.search(r"gRPC .* on 127\.0\.0\.1:(\d+)", line)
+            if found:
+                grpc = f"127.0.0.1:{found.group(1)}"
         match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
         assert match, line
-        yield f"127.0.0.1:{match.group(1)}"
+        yield Served(f"127.0.0.1:{match.group(1)}", grpc)
     finally:
         stop(proc)
         if proc.stderr is not None:
@@ -62,13 +70,27 @@ def tsattn_serve(export_dir: Path, *args: str, env: Optional[Dict[str, str]] = N
 # The client code of the tests: the same function against tsattn-serve and against tritonserver.
 
 
-def infer_inputs(arrays: Dict[str, np.ndarray], binary: bool):
+def _protocol(client):
+    """tritonclient.http or tritonclient.grpc, whichever ``client`` is from."""
+    import tritonclient.grpc as grpcclient
     import tritonclient.http as httpclient
 
+    return grpcclient if isinstance(client, grpcclient.InferenceServerClient) else httpclient
+
+
+def infer_inputs(arrays: Dict[str, np.ndarray], binary: bool, protocol=None):
+    """InferInputs of tritonclient.http (``binary``: Triton's binary tensor extension, else JSON) or of
+    tritonclient.grpc (``protocol``; always raw contents)."""
+    import tritonclient.http as httpclient
+
+    protocol = protocol or httpclient
     inputs = []
     for name, array in arrays.items():
-        t = httpclient.InferInput(name, list(array.shape), V2_DTYPES[array.dtype])
-        t.set_data_from_numpy(array, binary_data=binary)
+        t = protocol.InferInput(name, list(array.shape), V2_DTYPES[array.dtype])
+        if protocol is httpclient:
+            t.set_data_from_numpy(array, binary_data=binary)
+        else:
+            t.set_data_from_numpy(array)
         inputs.append(t)
     return inputs
 
@@ -76,14 +98,14 @@ def infer_inputs(arrays: Dict[str, np.ndarray], binary: bool):
 def stream_sequence(client, model: str, chunks: Sequence[Dict[str, np.ndarray]], sequence_id: int,
                     outputs: Sequence[str], binary: bool = True, headers=None) -> List[Dict[str, np.ndarray]]:
     """Send ``chunks`` (graph inputs, batch first) as one sequence: START on the first request, END on the last;
-    returns each request's outputs."""
-    import tritonclient.http as httpclient
-
+    returns each request's outputs. ``client``: a tritonclient.http or tritonclient.grpc client."""
+    protocol = _protocol(client)
     answers = []
     for i, chunk in enumerate(chunks):
-        result = client.infer(model, infer_inputs(chunk, binary),
-                              outputs=[httpclient.InferRequestedOutput(n, binary_data=binary) for n in outputs],
-                              sequence_id=sequence_id, sequence_start=i == 0, sequence_end=i == len(chunks) - 1,
+        wanted = [protocol.InferRequestedOutput(n, **({"binary_data": binary} if protocol.__name__.endswith("http")
+                                                      else {})) for n in outputs]
+        result = client.infer(model, infer_inputs(chunk, binary, protocol), outputs=wanted, sequence_id=sequence_id,
+                              sequence_start=i == 0, sequence_end=i == len(chunks) - 1,
                               headers=dict(headers or {}))  # infer adds its own headers to the dict
         answers.append({n: result.as_numpy(n) for n in outputs})
     return answers

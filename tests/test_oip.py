@@ -25,7 +25,7 @@ TOKEN = "oip-t0k3n"
 
 def auth():
     """The token header, a new dict per call (tritonclient's infer adds Inference-Header-Content-Length to it)."""
-    return {"Authorization": f"Bearer {TOKEN}"}
+    return {"authorization": f"Bearer {TOKEN}"}  # lower case: gRPC metadata keys must be
 
 CHUNKS = (1, 3, 1, 7, 2, 5)  # uneven appends: 19 steps, past the 16-position window
 
@@ -38,14 +38,17 @@ def ref(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def served(ref):
-    """A real tsattn-serve with a token (from the environment), and a tritonclient for it."""
-    with tsattn_serve(ref[0], env={"TSATTN_SERVE_TOKEN": TOKEN}) as url:
-        client = httpclient.InferenceServerClient(url, network_timeout=60)
-        try:
-            yield client
-        finally:
-            client.close()
+def urls(ref):
+    """A real tsattn-serve with a token (from the environment), HTTP and gRPC."""
+    with tsattn_serve(ref[0], "--grpc-port", "0", env={"TSATTN_SERVE_TOKEN": TOKEN}) as urls:
+        yield urls
+
+
+@pytest.fixture(scope="module")
+def served(urls):
+    client = httpclient.InferenceServerClient(urls.http, network_timeout=60)
+    yield client
+    client.close()
 
 
 def _chunks(x, sizes):
@@ -121,7 +124,8 @@ def test_health_metadata_token_and_errors_through_tritonclient(served):
     assert meta["outputs"] == [{"name": "forecast", "datatype": "FP32", "shape": [-1, -1, 5]}]
     server = served.get_server_metadata(headers=auth())
     assert server["name"] == "tsattn-serve" and "sequence" in server["extensions"]
-    assert served.get_model_repository_index(headers=auth()) == [{"name": "reference", "version": "1", "state": "READY"}]
+    index = served.get_model_repository_index(headers=auth())
+    assert index == [{"name": "reference", "version": "1", "state": "READY"}]
     x = np.zeros((1, 4), np.float64)
     with pytest.raises(InferenceServerException, match="datatype FP64; model 'reference' expects FP32"):
         served.infer("reference", infer_inputs({"values": x}, True), sequence_id=5, sequence_start=True,
@@ -190,7 +194,8 @@ def test_every_bad_request_is_a_v2_json_4xx(app_client):
     _v2_error(app_client.post(url, json={"inputs": [dict(good, shape=[1, 3])]}), 422, "2 values for shape [1, 3]")
     _v2_error(app_client.post(url, json={"inputs": [dict(good, datatype="BYTES")]}), 422, "is not served")
     _v2_error(app_client.post(url, json={"inputs": [dict(good, data=["a", "b"])]}), 422, "expected numbers")
-    _v2_error(app_client.post(url, content=json.dumps({"inputs": [dict(good, data=[1.0, float("nan")])]})), 422, "finite")
+    nan = json.dumps({"inputs": [dict(good, data=[1.0, float("nan")])]})
+    _v2_error(app_client.post(url, content=nan), 422, "finite")
     _v2_error(app_client.post(url, json={"inputs": [good], "parameters": {"sequence_id": 77}}), 400, "START flag")
     _v2_error(app_client.post(url, json={"inputs": [good], "parameters": {"sequence_end": True}}), 400,
               "without a sequence_id")
@@ -258,3 +263,45 @@ def test_a_cacheless_export_serves_plain_infer_and_refuses_sequences(tmp_path):
                                                                                "sequence_start": True})),
                   400, "does not stream")
     runtime.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------------- gRPC
+
+
+def test_grpc_streams_the_same_sequence_as_http(urls, served, ref):
+    """tritonclient.grpc on the same server and the same client code: the same outputs as over HTTP and as the
+    runtime's stream; the token in the metadata; errors with the HTTP message and a mapped code."""
+    grpcclient = pytest.importorskip("tritonclient.grpc")
+    assert urls.grpc is not None
+    client = grpcclient.InferenceServerClient(urls.grpc)
+    try:
+        assert client.is_server_live() and client.is_server_ready()  # open
+        with pytest.raises(InferenceServerException, match="bearer token") as info:
+            client.get_model_metadata("reference")
+        assert info.value.status() == "StatusCode.UNAUTHENTICATED"
+        meta = client.get_model_metadata("reference", headers=auth(), as_json=True)
+        assert meta["inputs"] == [{"name": "values", "datatype": "FP32", "shape": ["-1", "-1"]}]
+        assert client.is_model_ready("reference", headers=auth()) and not client.is_model_ready("x", headers=auth())
+        x = np.random.default_rng(9).normal(size=(2, sum(CHUNKS))).astype(np.float32)
+        over_grpc = stream_sequence(client, "reference", _chunks(x, CHUNKS), sequence_id=77, outputs=["forecast"],
+                                    headers=auth())
+        over_http = stream_sequence(served, "reference", _chunks(x, CHUNKS), sequence_id=78, outputs=["forecast"],
+                                    headers=auth())
+        for g, h, want in zip(over_grpc, over_http, _runtime_stream(ref[0], x, CHUNKS)):
+            assert np.array_equal(g["forecast"], h["forecast"])
+            assert np.abs(g["forecast"][:, -1] - want).max() <= 1e-5
+        with pytest.raises(InferenceServerException, match="START flag") as info:
+            client.infer("reference", infer_inputs({"values": x[:, :1]}, True, grpcclient), sequence_id=77,
+                         headers=auth())
+        assert info.value.status() == "StatusCode.INVALID_ARGUMENT"
+        with pytest.raises(InferenceServerException, match="unknown model 'nope'") as info:
+            client.infer("nope", infer_inputs({"values": x[:, :1]}, True, grpcclient), headers=auth())
+        assert info.value.status() == "StatusCode.NOT_FOUND"
+        r = client.infer("reference", infer_inputs({"values": x}, True, grpcclient), headers=auth())
+        with load(ref[0], device="cpu") as rt:
+            assert np.abs(r.as_numpy("forecast") - rt.predict({"values": x})["forecast"]).max() <= 1e-5
+    finally:
+        client.close()
+    metrics = httpclient.InferenceServerClient(urls.http)
+    text = metrics._get("metrics", headers=auth(), query_params=None).read().decode()
+    assert 'route="grpc:ModelInfer"' in text

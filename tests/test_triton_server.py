@@ -79,8 +79,8 @@ def test_the_same_client_streams_the_same_outputs_from_triton_and_tsattn_serve(t
     x = np.random.default_rng(11).normal(size=(2, sum(CHUNKS))).astype(np.float32)
     chunks = _sequence(x, CHUNKS)
     from_triton = stream_sequence(triton, "reference", chunks, sequence_id=101, outputs=["forecast"], binary=binary)
-    with tsattn_serve(exports["reference"]) as url:
-        client = httpclient.InferenceServerClient(url, network_timeout=60)
+    with tsattn_serve(exports["reference"]) as urls:
+        client = httpclient.InferenceServerClient(urls.http, network_timeout=60)
         from_tsattn = stream_sequence(client, "reference", chunks, sequence_id=101, outputs=["forecast"],
                                       binary=binary)
         client.close()

@@ -74,7 +74,8 @@ def python_config(name: str, graph: GraphSpec, spec: Dict[str, Any], instances: 
     text += f"instance_group [ {{ count: {instances} kind: KIND_CPU }} ]\n"
     text += 'parameters: { key: "threads" value: { string_value: "1" } }\n'
     if python_env:
-        text += f'parameters: {{ key: "EXECUTION_ENV_PATH" value: {{ string_value: {json.dumps(str(python_env))} }} }}\n'
+        env = json.dumps(str(python_env))
+        text += f'parameters: {{ key: "EXECUTION_ENV_PATH" value: {{ string_value: {env} }} }}\n'
     return text
 
 

@@ -30,7 +30,10 @@ examples:
   curl -s -XPOST localhost:8000/v1/streams/ID/observations -d '{{"values": [0.1, 0.3]}}'
 
 endpoints: GET /healthz, GET /v1/models, POST /v1/models/NAME/predict, POST /v1/streams,
-POST /v1/streams/ID/observations, DELETE /v1/streams/ID, GET /metrics (Prometheus), GET /openapi.json.
+POST /v1/streams/ID/observations, DELETE /v1/streams/ID, GET /metrics (Prometheus), GET /openapi.json;
+the Open Inference Protocol (KServe v2, as Triton speaks it; tritonclient works unchanged): GET /v2,
+/v2/health/live, /v2/health/ready, /v2/models/NAME[/ready], POST /v2/models/NAME/infer (sequence_id,
+sequence_start, sequence_end: a sequence is a stream); over gRPC too with --grpc-port.
 
 token: --token T or the environment variable {TOKEN_ENV} (preferred: a command line is visible to other users
 in `ps`) makes every path but /healthz require "Authorization: Bearer T". Without one the server is open, so it
@@ -74,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit (default 1 MiB)")
     p.add_argument("--append-timeout", type=float, default=30.0, metavar="S",
                    help="an append not run within S seconds answers 503 (default 30)")
+    p.add_argument("--grpc-port", type=int, metavar="PORT",
+                   help="also serve the Open Inference Protocol over gRPC on --host:PORT (0: any free port, printed)")
     p.add_argument("--max-requests", type=int, help="stop after serving this many requests (tests, recycling)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging and uvicorn's access log")
     return p
@@ -105,11 +110,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
-    for name in ("port", "threads", "max_streams", "max_batch", "max_pending", "max_append", "max_body_bytes",
-                 "max_requests"):
+    for name in ("port", "grpc_port", "threads", "max_streams", "max_batch", "max_pending", "max_append",
+                 "max_body_bytes", "max_requests"):
         value = getattr(args, name)
-        if value is not None and (value < 0 or (value == 0 and name != "port")):
-            parser.error(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'port' else 'positive'}; got {value}")
+        if value is not None and (value < 0 or (value == 0 and not name.endswith("port"))):
+            parser.error(f"--{name.replace('_', '-')} must be {'>= 0' if name.endswith('port') else 'positive'}; "
+                         f"got {value}")
     for name in ("max_cache_mb", "batch_window_ms", "append_timeout", "idle_ttl"):
         if getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0; got {getattr(args, name)}")
@@ -142,6 +148,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         runtime.shutdown()
         print(f"{PROG}: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_LISTEN
+    grpc_server = None
     try:
         import uvicorn
 
@@ -157,6 +164,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         server = uvicorn.Server(config)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
+        if args.grpc_port is not None:  # tsattn.runtime.oip_grpc: the same /v2 service over gRPC
+            from tsattn.runtime import oip_grpc
+
+            try:
+                grpc_server, grpc_port = oip_grpc.serve(app.state.oip, host, args.grpc_port, token=token,
+                                                        max_message_bytes=args.max_body_bytes,
+                                                        metrics=app.state.metrics)
+            except OSError as exc:
+                print(f"{PROG}: cannot listen for gRPC on {host}:{args.grpc_port}: {exc}", file=sys.stderr)
+                return EXIT_LISTEN
+            print(f"{PROG}: gRPC (Open Inference Protocol) on {shown}:{grpc_port}", file=sys.stderr, flush=True)
         print(f"{PROG}: serving {runtime.name!r} on http://{shown}:{port} (device {runtime.device}, providers "
               f"{runtime.providers[next(iter(runtime.providers))]}, token {'required' if token else 'off'})",
               file=sys.stderr, flush=True)
@@ -170,6 +188,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         traceback.print_exc()
         return EXIT_INTERNAL
     finally:
+        if grpc_server is not None:
+            grpc_server.stop(2).wait(5)
         runtime.shutdown()
         sock.close()
 

@@ -389,18 +389,153 @@ class Sequences:
                 del self._streams[key]
 
 
+# ---------------------------------------------------------------------------------------------------- the service
+
+
+@dataclass
+class Step:
+    """One infer request, checked and placed: ``stream_id`` None for a stateless forward, else the stream the
+    request appends ``values`` to (its sequence ``key``, ``rows``, and whether it ends the sequence)."""
+
+    inputs: Dict[str, np.ndarray]
+    key: Any = None
+    stream_id: Optional[str] = None
+    rows: int = 0
+    end: bool = False
+    values: Any = None
+
+
+class Service:
+    """The protocol-independent part of OIP (HTTP here, gRPC in ``tsattn.runtime.oip_grpc``): model and version
+    names, the model's tensors, sequences mapped onto streams, and the runtime calls with the /v1 API's limits."""
+
+    def __init__(self, runtime: Runtime, predicts: threading.BoundedSemaphore, max_concurrent_predicts: int,
+                 append_timeout_s: float) -> None:
+        self.runtime = runtime
+        self.model = _Model(runtime)
+        self.sequences = Sequences(runtime)
+        self.predicts = predicts
+        self.max_concurrent_predicts = max_concurrent_predicts
+        self.append_timeout_s = append_timeout_s
+
+    def named(self, name: str, version: Optional[str] = None) -> None:
+        if name != self.model.name:
+            raise OipError(404, f"unknown model {name!r}; this server serves {self.model.name!r}")
+        if version not in (None, "", VERSION):
+            raise OipError(404, f"model {name!r} has no version {version!r}; it has version {VERSION!r}")
+
+    def begin(self, inputs: Dict[str, np.ndarray], parameters: Mapping[str, Any]) -> Step:
+        """Check a request's inputs and sequence parameters; open or find its stream (``sequence_start``)."""
+        model = self.model
+        model.check(inputs)
+        key = Sequences.key(parameters)
+        if key is None:
+            return Step(inputs)
+        if not model.streams:
+            raise NotSupported(f"model {model.name!r} does not stream: {self.runtime.streams_unsupported}; send the "
+                               f"request without a sequence_id")
+        rows = model.rows(inputs)
+        start = _flag(parameters, "sequence_start", "parameters")
+        end = _flag(parameters, "sequence_end", "parameters")
+        stream_id = self.sequences.start(key, rows) if start else self.sequences.get(key, model.name)
+        step = Step(inputs, key, stream_id, rows, end)
+        try:
+            stream = self.runtime.get_stream(stream_id)
+            if stream.rows != rows:
+                raise OipError(422, f"sequence {key[1]!r} has {stream.rows} rows (its first request's batch); this "
+                                    f"request has {rows}")
+            step.values = model.step_values(inputs, rows)
+        except BaseException as exc:
+            self.after(step, exc)
+            raise
+        return step
+
+    def after(self, step: Step, error: Optional[BaseException] = None) -> None:
+        """A sequence request is done: forget a stream that is gone, close one the request ends."""
+        if isinstance(error, (StreamEvicted, UnknownStream)):
+            self.sequences.forget(step.key, step.stream_id)
+        if step.end:
+            self.sequences.end(step.key, step.stream_id)
+
+    def predict(self, inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """A stateless forward (blocking: call it in a thread), at most ``max_concurrent_predicts`` at once."""
+        if not self.predicts.acquire(blocking=False):
+            raise Overloaded(f"{self.max_concurrent_predicts} predicts are running (max_concurrent_predicts)")
+        try:
+            return self.runtime.predict(inputs, self.model.graph.name)
+        finally:
+            self.predicts.release()
+
+    def _timed_out(self) -> Overloaded:
+        return Overloaded(f"the step did not run within {self.append_timeout_s:g} s; it may still be applied",
+                          retry_after=1.0)
+
+    async def infer(self, step: Step) -> Dict[str, np.ndarray]:
+        """Run a request on the event loop: the forward in a thread, or the append through the batching worker."""
+        if step.stream_id is None:
+            from starlette.concurrency import run_in_threadpool
+
+            return await run_in_threadpool(self.predict, step.inputs)
+        from tsattn.runtime.server import _within
+
+        error = None
+        try:
+            future = self.runtime.append_async(step.stream_id, step.values)
+            try:
+                result = await _within(future, self.append_timeout_s)
+            except asyncio.TimeoutError:
+                raise self._timed_out() from None
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.after(step, error)
+        return self.model.step_outputs(result, step.rows)
+
+    def infer_blocking(self, step: Step) -> Dict[str, np.ndarray]:
+        """``infer`` for a caller on a thread (the gRPC server's)."""
+        if step.stream_id is None:
+            return self.predict(step.inputs)
+        import concurrent.futures
+
+        error = None
+        try:
+            try:
+                result = self.runtime.submit(step.stream_id, step.values).result(self.append_timeout_s)
+            except concurrent.futures.TimeoutError:
+                raise self._timed_out() from None
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.after(step, error)
+        return self.model.step_outputs(result, step.rows)
+
+    def server_metadata(self) -> Dict[str, Any]:
+        from tsattn import __version__
+
+        return {"name": "tsattn-serve", "version": __version__, "extensions": EXTENSIONS}
+
+    def repository_index(self) -> List[Dict[str, str]]:
+        return [{"name": self.model.name, "version": VERSION, "state": "READY"}]
+
+
+def retry_headers(exc: ServingError) -> Optional[Dict[str, str]]:
+    if isinstance(exc, CapacityError):
+        return {"Retry-After": str(max(1, math.ceil(exc.retry_after or 1)))}
+    return None
+
+
 # ---------------------------------------------------------------------------------------------------- routes
 
 
 def routes(runtime: Runtime, *, predicts: threading.BoundedSemaphore, max_concurrent_predicts: int,
            append_timeout_s: float) -> List[Route]:
     """The ``/v2`` routes for ``runtime`` (mounted by ``tsattn.runtime.server.create_app``, behind its Gate).
-    ``predicts``: the semaphore that bounds the /v1 predicts, shared."""
-    from tsattn import __version__
-    from tsattn.runtime.server import _within
-
-    model = _Model(runtime)
-    sequences = Sequences(runtime)
+    ``predicts``: the semaphore that bounds the /v1 predicts, shared. ``app.state.oip`` (set by the caller) may
+    hold the ``Service`` for other protocols: it is ``routes.service`` of the returned list."""
+    service = Service(runtime, predicts, max_concurrent_predicts, append_timeout_s)
+    model = service.model
 
     def v2(handler):
         async def endpoint(request: Request) -> Response:
@@ -409,26 +544,18 @@ def routes(runtime: Runtime, *, predicts: threading.BoundedSemaphore, max_concur
             except OipError as exc:
                 return error_response(exc.status, exc.message, exc.headers)
             except ServingError as exc:
-                headers = None
-                if isinstance(exc, CapacityError):
-                    headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after or 1)))}
-                return error_response(exc.status, str(exc), headers)
+                return error_response(exc.status, str(exc), retry_headers(exc))
 
         return endpoint
 
     def named(request: Request) -> None:
-        name = request.path_params["name"]
-        if name != model.name:
-            raise OipError(404, f"unknown model {name!r}; this server serves {model.name!r}")
-        version = request.path_params.get("version")
-        if version is not None and version != VERSION:
-            raise OipError(404, f"model {name!r} has no version {version!r}; it has version {VERSION!r}")
+        service.named(request.path_params["name"], request.path_params.get("version"))
 
     def ok(body: Any) -> Response:
         return Response(json.dumps(body), media_type=JSON)
 
     async def server_metadata(request: Request) -> Response:
-        return ok({"name": "tsattn-serve", "version": __version__, "extensions": EXTENSIONS})
+        return ok(service.server_metadata())
 
     async def health(request: Request) -> Response:
         return Response(status_code=200)
@@ -442,7 +569,7 @@ def routes(runtime: Runtime, *, predicts: threading.BoundedSemaphore, max_concur
         return Response(status_code=200)
 
     async def repository_index(request: Request) -> Response:
-        return ok([{"name": model.name, "version": VERSION, "state": "READY"}])
+        return ok(service.repository_index())
 
     async def infer(request: Request) -> Response:
         named(request)
@@ -450,56 +577,26 @@ def routes(runtime: Runtime, *, predicts: threading.BoundedSemaphore, max_concur
             raise OipError(415, f"Content-Encoding {request.headers['content-encoding']!r} is not accepted; send "
                                 f"the request uncompressed")
         parsed = parse_infer(await request.body(), request.headers.get(HEADER_LENGTH))
-        model.check(parsed.inputs)
-        key = Sequences.key(parsed.parameters)
-        if key is None:
-            return encode_response(model.name, parsed, await stateless(parsed.inputs))
-        if not model.streams:
-            raise NotSupported(f"model {model.name!r} does not stream: {runtime.streams_unsupported}; send the "
-                               f"request without a sequence_id")
-        rows = model.rows(parsed.inputs)
-        start = _flag(parsed.parameters, "sequence_start", "parameters")
-        end = _flag(parsed.parameters, "sequence_end", "parameters")
-        stream_id = sequences.start(key, rows) if start else sequences.get(key, model.name)
-        try:
-            stream = runtime.get_stream(stream_id)
-            if stream.rows != rows:
-                raise OipError(422, f"sequence {key[1]!r} has {stream.rows} rows (its first request's batch); this "
-                                    f"request has {rows}")
-            future = runtime.append_async(stream_id, model.step_values(parsed.inputs, rows))
-            try:
-                result = await _within(future, append_timeout_s)
-            except asyncio.TimeoutError:
-                raise Overloaded(f"the step did not run within {append_timeout_s:g} s; it may still be applied",
-                                 retry_after=1.0) from None
-        except (StreamEvicted, UnknownStream):
-            sequences.forget(key, stream_id)
-            raise
-        finally:
-            if end:
-                sequences.end(key, stream_id)
-        return encode_response(model.name, parsed, model.step_outputs(result, rows))
+        outputs = await service.infer(service.begin(parsed.inputs, parsed.parameters))
+        return encode_response(model.name, parsed, outputs)
 
-    async def stateless(inputs: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-        from starlette.concurrency import run_in_threadpool
-
-        if not predicts.acquire(blocking=False):
-            raise Overloaded(f"{max_concurrent_predicts} predicts are running (max_concurrent_predicts)")
-        try:
-            return await run_in_threadpool(runtime.predict, inputs, model.graph.name)
-        finally:
-            predicts.release()
-
-    routes = [Route("/v2", v2(server_metadata), methods=["GET"]),
-              Route("/v2/health/live", v2(health), methods=["GET"]),
-              Route("/v2/health/ready", v2(health), methods=["GET"]),
-              Route("/v2/repository/index", v2(repository_index), methods=["POST"])]
+    table = _Routes([Route("/v2", v2(server_metadata), methods=["GET"]),
+                     Route("/v2/health/live", v2(health), methods=["GET"]),
+                     Route("/v2/health/ready", v2(health), methods=["GET"]),
+                     Route("/v2/repository/index", v2(repository_index), methods=["POST"])])
     for base in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
-        routes += [Route(base, v2(model_metadata), methods=["GET"]),
-                   Route(base + "/ready", v2(model_ready), methods=["GET"]),
-                   Route(base + "/infer", v2(infer), methods=["POST"])]
-    return routes
+        table += [Route(base, v2(model_metadata), methods=["GET"]),
+                  Route(base + "/ready", v2(model_ready), methods=["GET"]),
+                  Route(base + "/infer", v2(infer), methods=["POST"])]
+    table.service = service
+    return table
 
 
-__all__ = ["DATATYPES", "InferRequest", "OPEN_PATHS", "OipError", "Sequences", "encode_response", "parse_infer",
-           "routes"]
+class _Routes(list):
+    """The route list, carrying the ``Service`` behind it (``.service``) for the gRPC server."""
+
+    service: Service
+
+
+__all__ = ["DATATYPES", "InferRequest", "OPEN_PATHS", "OipError", "Sequences", "Service", "Step",
+           "encode_response", "parse_infer", "retry_headers", "routes"]

@@ -492,13 +492,15 @@ def create_app(runtime: Runtime, *, token: Optional[str] = None, max_body_bytes:
     ]
     from tsattn.runtime import oip  # the Open Inference Protocol (/v2): its own module, behind the same Gate
 
-    routes += oip.routes(runtime, predicts=predicts, max_concurrent_predicts=max_concurrent_predicts,
-                         append_timeout_s=append_timeout_s)
+    v2 = oip.routes(runtime, predicts=predicts, max_concurrent_predicts=max_concurrent_predicts,
+                    append_timeout_s=append_timeout_s)
+    routes += v2
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HttpError: on_http_error, ServingError: on_serving_error,
                                         StarletteHTTPException: on_starlette_error})
     app.state.runtime = runtime
     app.state.metrics = metrics
+    app.state.oip = v2.service  # the Open Inference Protocol service, for tsattn.runtime.oip_grpc
     app.add_middleware(Gate, metrics=metrics, token=token, max_body_bytes=max_body_bytes)
     return app
 
