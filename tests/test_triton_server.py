@@ -27,12 +27,28 @@ CHUNKS = (1, 3, 1, 7, 2, 5)
 LOG = Path("/tmp/tsattn-tests-tritonserver.log")
 
 
+def hephaestus_export(root: Path) -> Path:
+    """The Hephaestus look-alike injected with ``efficient`` and exported with local attention (a cache that does
+    not slide: absolute positions)."""
+    from tsattn.examples import lookalike_repo
+    from tsattn.export import cli
+    from tsattn.injector import engine
+
+    patched = lookalike_repo("hephaestus_lookalike", root / "patched")
+    engine.inject(patched, "efficient", patch_out=root / "efficient.patch")
+    out = root / "hephaestus"
+    assert cli.main(["--target", str(patched), "--feature", "efficient", "--out", str(out), "--set",
+                     "attention_type=local", "--set", 'attention_kwargs={"window_size": 3}']) == 0
+    return out
+
+
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     root = tmp_path_factory.mktemp("triton-server")
     ref, _ = reference_export(root / "ref")
     window, module = cacheless_export(root / "window")
-    return {"reference": ref, "window": window, "window_module": module, "root": root}
+    heph = hephaestus_export(root)
+    return {"reference": ref, "window": window, "window_module": module, "hephaestus": heph, "root": root}
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +58,8 @@ def triton(exports):
     if backends is None:
         pytest.skip(why)
     repo = root / "models"
-    for name in ("reference", "window"):
-        write_triton_repo(exports[name], repo, backend="python")
+    for name in ("reference", "window", "hephaestus"):
+        write_triton_repo(exports[name], repo, backend="python", model_name=name)
     log = root / "tritonserver.log"
     try:
         with tritonserver(ROOT, backends, repo, log) as url:
@@ -66,7 +82,7 @@ def _sequence(x, sizes):
 def test_tritonserver_loads_both_entries(triton):
     assert triton.is_server_ready()
     index = {m["name"]: m.get("state") for m in triton.get_model_repository_index()}
-    assert index == {"reference": "READY", "window": "READY"}
+    assert index == {"reference": "READY", "window": "READY", "hephaestus": "READY"}
     meta = triton.get_model_metadata("reference")
     assert [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]] == [("values", "FP32", [-1, -1])]
     assert [(t["name"], t["shape"]) for t in meta["outputs"]] == [("forecast", [-1, -1, 5])]
@@ -110,3 +126,31 @@ def test_a_stateless_entry_answers_plain_infer(triton, exports):
     with torch.no_grad():
         want = exports["window_module"](torch.from_numpy(x)).numpy()
     assert np.abs(r.as_numpy("y") - want).max() <= 1e-4
+
+
+def _hephaestus_sequence(n: int, rng) -> dict:
+    """n time steps of the look-alike's 3 numeric and 1 categorical column (token ids), one row."""
+    numeric = rng.normal(size=(1, 3, n)).astype(np.float32)
+    categorical = rng.integers(8, 12, size=(1, 1, n)).astype(np.float32)  # tok0..tok3
+    return {"numeric_inputs": numeric, "categorical_inputs": categorical}
+
+
+def test_the_same_client_streams_hephaestus_through_triton(triton, exports):
+    """start, uneven appends, end on the Hephaestus export: every step's outputs equal one stateless forward over
+    the whole sequence (its time axis is 2: (batch, columns, seq))."""
+    x = _hephaestus_sequence(sum(CHUNKS), np.random.default_rng(4))
+    chunks, start = [], 0
+    for n in CHUNKS:
+        chunks.append({k: v[:, :, start : start + n] for k, v in x.items()})
+        start += n
+    outputs = ["numeric", "categorical"]
+    answers = stream_sequence(triton, "hephaestus", chunks, sequence_id=202, outputs=outputs)
+    with load(exports["hephaestus"], device="cpu") as rt:
+        full = rt.predict(x)
+    start = 0
+    for n, got in zip(CHUNKS, answers):
+        for name in outputs:
+            want = full[name][:, :, start : start + n]
+            assert got[name].shape == want.shape
+            assert np.abs(got[name] - want).max() <= 1e-4
+        start += n
