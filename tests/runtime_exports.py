@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -55,3 +56,68 @@ def cacheless_export(out: Path) -> Tuple[Path, nn.Module]:
 def copy_export(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst
+
+
+# --------------------------------------------------------------------------------------- streams in uneven chunks
+
+CHUNKS = (1, 3, 1, 7, 2, 5)  # the sizes of successive appends, cycled
+
+
+def chunk_sizes(total: int) -> List[int]:
+    """Uneven chunk sizes (``CHUNKS`` cycled) that add up to ``total``."""
+    sizes, k = [], 0
+    while sum(sizes) < total:
+        sizes.append(min(CHUNKS[k % len(CHUNKS)], total - sum(sizes)))
+        k += 1
+    return sizes
+
+
+def _time_axes(manifest, side: str) -> Dict[str, int]:
+    """Step tensor name -> its time axis in a one-row stream's arrays (no batch axis)."""
+    return {t.name: t.time_axis - 1 for t in getattr(manifest.task, side)}
+
+
+def stream_in_chunks(runtime, inputs: Dict[str, np.ndarray], open_inputs: Optional[Dict[str, Any]] = None
+                     ) -> Dict[str, np.ndarray]:
+    """Feed ``inputs`` (one stream's step inputs, no batch axis) to a new stream of ``runtime`` in uneven chunks;
+    the step outputs of every chunk, concatenated along their time axes."""
+    axes_in, axes_out = _time_axes(runtime.manifest, "inputs"), _time_axes(runtime.manifest, "outputs")
+    total = next(iter(inputs.values())).shape[axes_in[next(iter(inputs))]]
+    s = runtime.open_stream(inputs=open_inputs) if open_inputs is not None else runtime.open_stream()
+    pieces: Dict[str, List[np.ndarray]] = {n: [] for n in axes_out}
+    start = 0
+    for n in chunk_sizes(total):
+        chunk = {k: np.take(v, range(start, start + n), axis=axes_in[k]) for k, v in inputs.items()}
+        out = runtime.append(s, chunk)
+        for k, v in out.items():
+            assert v.shape[axes_out[k]] == n, (k, v.shape, n)
+            pieces[k].append(v)
+        start += n
+    runtime.close(s)
+    return {k: np.concatenate(v, axis=axes_out[k]) for k, v in pieces.items()}
+
+
+def http_stream_in_chunks(client, manifest, inputs: Dict[str, np.ndarray],
+                          open_inputs: Optional[Dict[str, Any]] = None) -> Dict[str, np.ndarray]:
+    """``stream_in_chunks`` through the HTTP app (a Starlette TestClient): POST /v1/streams, then
+    POST /v1/streams/{id}/observations with {"inputs": ...} per chunk."""
+    axes_in, axes_out = _time_axes(manifest, "inputs"), _time_axes(manifest, "outputs")
+    total = next(iter(inputs.values())).shape[axes_in[next(iter(inputs))]]
+    body = {} if open_inputs is None else {"inputs": {k: np.asarray(v).tolist() for k, v in open_inputs.items()}}
+    r = client.post("/v1/streams", json=body)
+    assert r.status_code == 201, r.text
+    stream = r.json()["id"]
+    pieces: Dict[str, List[np.ndarray]] = {n: [] for n in axes_out}
+    start, observed = 0, 0
+    for n in chunk_sizes(total):
+        chunk = {k: np.take(v, range(start, start + n), axis=axes_in[k]).tolist() for k, v in inputs.items()}
+        r = client.post(f"/v1/streams/{stream}/observations", json={"inputs": chunk})
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        observed += n
+        assert answer["observed"] == observed and answer["id"] == stream
+        for k, v in answer["outputs"].items():
+            pieces[k].append(np.asarray(v, dtype=np.float32))
+        start += n
+    assert client.delete(f"/v1/streams/{stream}").status_code == 204
+    return {k: np.concatenate(v, axis=axes_out[k]) for k, v in pieces.items()}

@@ -98,7 +98,7 @@ def test_an_export_streams_with_onnxruntime_and_numpy_alone(default_export):
     full = session.run(["forecast"], {"values": x, **{n: np.zeros(m.cache.shape(2, 0), np.float32)
                                                       for n in m.cache.past_names()}})[0]
     assert np.abs(np.concatenate(forecasts, 1) - full).max() <= 1e-4
-    assert full.shape == (2, 30, m.task["horizon"])
+    assert full.shape == (2, 30, m.task.horizon)
 
 
 def test_cli_subprocess_json_is_the_manifest(tmp_path):

@@ -74,8 +74,9 @@ def test_patched_lookalike_exports_end_to_end(random_export, repos):
     assert graph["outputs"] == [{"name": "forecast", "dtype": "float32", "shape": ["batch", PRED, "channels"]}]
     assert raw["cache"] is None  # CALF has no KV cache: a runtime serves it with a stateless predict
     task = raw["task"]
-    assert task["kind"] == "forecast" and task["stateless"] and (task["input"], task["output"]) == ("x", "forecast")
-    assert (task["context"], task["horizon"], task["channels"]) == (SEQ, PRED, None)
+    assert task["kind"] == "forecast" and task["inputs"] == [{"name": "x", "time_axis": 1}]
+    assert task["outputs"] == [{"name": "forecast", "time_axis": 1}]
+    assert (task["client"]["context"], task["horizon"], task["client"]["channels"]) == (SEQ, PRED, None)
     rows = raw["parity"]
     assert rows and all(r["ok"] and r["tol"] == 1e-4 and r["max_abs_err"] <= 1e-4 for r in rows)
     traced = {"batch": 3, "channels": 7}  # distinct_sizes avoiding seq_len 12 and pred_len 5
@@ -173,7 +174,7 @@ def test_fixed_channels_and_the_text_branch(repos, tmp_path, capsys):
     assert graph["inputs"][0]["shape"] == ["batch", SEQ, 6]
     assert [(t["name"], t["shape"]) for t in graph["outputs"]] == [("forecast", ["batch", PRED, 6]),
                                                                     ("forecast_text", ["batch", PRED, 6])]
-    assert raw["task"]["channels"] == 6 and raw["source"]["exported"] == ["outputs_time", "outputs_text"]
+    assert raw["task"]["client"]["channels"] == 6 and raw["source"]["exported"] == ["outputs_time", "outputs_text"]
     assert {r["output"] for r in raw["parity"]} == {"forecast", "forecast_text"} and all(r["ok"] for r in raw["parity"])
     assert {r["sizes"]["batch"] for r in raw["parity"]} >= {1, 2}
 

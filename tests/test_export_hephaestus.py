@@ -82,9 +82,11 @@ def test_patched_lookalike_exports_a_cached_decoder_end_to_end(local_export, rep
     cache = raw["cache"]  # one kv head per (head, column): 2 heads x 4 columns; absolute positions
     assert (cache["layers"], cache["kv_heads"], cache["head_dim"], cache["max_context"], cache["sliding"]) == \
            (2, 8, 8, 1024, False)
-    task = raw["task"]
-    assert task["kind"] == "streaming_forecast" and task["inputs"] == ["numeric_inputs", "categorical_inputs"]
-    assert task["cache_heads"] == {"n_heads": 2, "n_columns": 4, "order": "kv head h * n_columns + c (head-major)"}
+    task = raw["task"]  # per-step outputs for every new step; time is the graph's axis 2 (batch, columns, seq)
+    assert (task["kind"], task["answer"], task["version"]) == ("sequence", "steps", 1)
+    assert task["inputs"] == [{"name": "numeric_inputs", "time_axis": 2}, {"name": "categorical_inputs", "time_axis": 2}]
+    assert task["outputs"] == [{"name": "numeric", "time_axis": 2}, {"name": "categorical", "time_axis": 2}]
+    assert task["client"]["cache_heads"] == {"n_heads": 2, "n_columns": 4, "order": "kv head h * n_columns + c (head-major)"}
     rows = raw["parity"]
     assert rows and all(r["ok"] and r["max_abs_err"] <= 1e-4 for r in rows)
     for backend in ("onnxruntime", "torchscript"):
@@ -169,6 +171,25 @@ def test_checkpoint_export_decodes_step_by_step_as_the_users_model(repos, tmp_pa
         categorical_out = np.concatenate([np.asarray(o[1]) for o in got], axis=2)
         assert np.abs(numeric_out - want.numeric.numpy()).max() <= 1e-4
         assert np.abs(categorical_out - want.categorical.numpy()).max() <= 1e-4
+
+    # a stream of row 0 (no missing value) in chunks of 1, 3, 1, 7, ... through the runtime and the HTTP app
+    from starlette.testclient import TestClient
+
+    from runtime_exports import http_stream_in_chunks, stream_in_chunks
+    from tsattn.runtime import load
+    from tsattn.runtime.server import create_app
+
+    runtime = load(out, device="cpu")
+    assert runtime.manifest.task.kind == "sequence"
+    row = {"numeric_inputs": numeric[0].numpy(), "categorical_inputs": categorical[0].numpy()}
+    whole = runtime.predict({k: v[None] for k, v in row.items()})
+    streamed = stream_in_chunks(runtime, row)
+    with TestClient(create_app(runtime)) as client:
+        over_http = http_stream_in_chunks(client, runtime.manifest, row)
+    for got in (streamed, over_http, {k: v[0] for k, v in whole.items()}):
+        assert np.abs(got["numeric"] - want.numeric[0].numpy()).max() <= 1e-4
+        assert np.abs(got["categorical"] - want.categorical[0].numpy()).max() <= 1e-4
+    runtime.shutdown()
 
 
 @pytest.mark.parametrize("attention_type", list(TYPES))

@@ -110,7 +110,7 @@ def test_onnx_decodes_step_by_step_as_the_users_model_in_one_forward(exported):
     np.testing.assert_allclose(logits, want, atol=1e-4, rtol=0)
 
 
-def test_runtime_predicts_with_an_empty_or_given_cache_and_refuses_streams(exported):
+def test_runtime_predicts_with_an_empty_or_given_cache(exported):
     import tsattn.runtime as rt
 
     runtime = rt.load(exported.out)
@@ -122,5 +122,90 @@ def test_runtime_predicts_with_an_empty_or_given_cache_and_refuses_streams(expor
     past = dict(zip(cache.past_names(), (first[n] for n in cache.present_names())))
     rest = runtime.predict({"token_ids": ids[:, 6:], **past})
     np.testing.assert_allclose(rest["logits"], want[:, 6:], atol=1e-4, rtol=0)
-    with pytest.raises(rt.NotSupported, match="causal_lm"):
-        runtime.open_stream()
+    runtime.shutdown()
+
+
+def test_a_stream_fed_in_uneven_chunks_equals_predict_and_the_users_model(exported):
+    """Token ids in chunks of 1, 3, 1, 7, ... through the runtime and through the HTTP app: the logits of every
+    new token equal one stateless predict over the whole sequence and the user's eager model (<= 1e-4)."""
+    import tsattn.runtime as rt
+    from starlette.testclient import TestClient
+
+    from runtime_exports import http_stream_in_chunks, stream_in_chunks
+    from tsattn.runtime.server import create_app
+
+    runtime = rt.load(exported.out, device="cpu")
+    assert runtime.manifest.task.kind == "causal_lm"
+    ids = np.random.default_rng(4).integers(0, VOCAB, size=21, dtype=np.int64)
+    want = _eager_logits(exported.model, ids[None])[0]
+    whole = runtime.predict({"token_ids": ids[None]})["logits"][0]
+    got = stream_in_chunks(runtime, {"token_ids": ids})["logits"]
+    np.testing.assert_allclose(whole, want, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+    with TestClient(create_app(runtime)) as client:
+        contract = client.get("/v1/models").json()["models"][0]["stream"]
+        assert contract["inputs"] == [{"name": "token_ids", "dtype": "int64", "shape": ["seq"], "time_axis": 0}]
+        assert contract["kind"] == "causal_lm" and contract["sliding"] is False
+        over_http = http_stream_in_chunks(client, runtime.manifest, {"token_ids": ids})["logits"]
+    np.testing.assert_allclose(over_http, want, atol=1e-4, rtol=0)
+    runtime.shutdown()
+
+
+def test_generate_feeds_its_samples_back_through_the_cache(exported):
+    import tsattn.runtime as rt
+
+    runtime = rt.load(exported.out, device="cpu")
+    prompt = np.array([3, 1, 4], dtype=np.int64)
+    s = runtime.open_stream()
+    runtime.append(s, {"token_ids": prompt})
+    greedy = runtime.generate(s, 5)
+    assert greedy.shape == (5,) and runtime.get_stream(s).observed == 8
+    seq = np.concatenate([prompt, greedy])
+    logits = _eager_logits(exported.model, seq[None])[0]  # greedy: each sample is the argmax after its prefix
+    assert list(greedy) == [int(np.argmax(logits[t])) for t in range(2, 7)]
+    sampled = [runtime.generate(runtime_stream, 6, top_k=5, seed=11)
+               for runtime_stream in (_prompted(runtime, prompt), _prompted(runtime, prompt))]
+    assert list(sampled[0]) == list(sampled[1])  # one seed, one sequence
+    seq = np.concatenate([prompt, sampled[0]])
+    logits = _eager_logits(exported.model, seq[None])[0]
+    for t, token in enumerate(sampled[0]):  # every sample is among the 5 most likely after its prefix
+        assert token in np.argsort(logits[len(prompt) - 1 + t])[-5:]
+    with pytest.raises(rt.InputError, match="no token yet"):
+        runtime.generate(runtime.open_stream(), 1)
+    runtime.shutdown()
+
+
+def _prompted(runtime, prompt):
+    s = runtime.open_stream()
+    runtime.append(s, {"token_ids": prompt})
+    return s
+
+
+def test_an_append_past_the_capacity_is_refused_and_leaves_the_stream_as_it_was(exported):
+    """Absolute positions (YaRN tables of 64): 60 tokens, then 5 more is 409 naming the capacity; the stream keeps
+    its 60 and takes the 4 that fit, with the logits of one forward over all 64."""
+    import tsattn.runtime as rt
+    from starlette.testclient import TestClient
+
+    from tsattn.runtime.server import create_app
+
+    runtime = rt.load(exported.out, device="cpu")
+    ids = np.random.default_rng(5).integers(0, VOCAB, size=64, dtype=np.int64)
+    want = _eager_logits(exported.model, ids[None])[0]
+    s = runtime.open_stream()
+    runtime.append(s, {"token_ids": ids[:60]})
+    with pytest.raises(rt.CacheFull, match=r"holds 60 of the cache's 64 positions.*at most 4 more.*close the stream"):
+        runtime.append(s, {"token_ids": ids[:5]})
+    assert (runtime.get_stream(s).observed, runtime.get_stream(s).length) == (60, 60)
+    last = runtime.append(s, {"token_ids": ids[60:64]})["logits"]
+    np.testing.assert_allclose(last, want[60:], atol=1e-4, rtol=0)
+    with TestClient(create_app(runtime)) as client:
+        stream = client.post("/v1/streams").json()["id"]
+        url = f"/v1/streams/{stream}/observations"
+        assert client.post(url, json={"inputs": {"token_ids": ids[:62].tolist()}}).status_code == 200
+        r = client.post(url, json={"inputs": {"token_ids": ids[:3].tolist()}})
+        assert r.status_code == 409 and r.json()["type"] == "cache_full" and "64 positions" in r.json()["error"]
+        r = client.post(url, json={"inputs": {"token_ids": ids[62:].tolist()}})
+        assert r.status_code == 200 and r.json()["observed"] == 64
+        np.testing.assert_allclose(np.asarray(r.json()["outputs"]["logits"]), want[62:], atol=1e-4, rtol=0)
+    runtime.shutdown()

@@ -61,6 +61,7 @@ from tsattn.export.checkpoint import load_checkpoint, load_weights, split_checkp
 from tsattn.export.exporter import _quiet as quiet
 from tsattn.export.manifest import TensorSpec, sha256_file
 from tsattn.export.spec import Exportable, ExportSpec, distinct_sizes
+from tsattn.export.task import StepTensor, Task
 from tsattn.export.targets import TargetError, open_patched, target_code
 
 KIND = "calf"
@@ -260,21 +261,18 @@ def calf_spec(config: CALFExportConfig, n_positions: int) -> ExportSpec:
         parity_sizes=parity,
         dim_max={} if config.enc_in is not None else {"channels": n_positions},
         torchscript_freeze=True,
-        task={
-            "kind": "forecast",
-            "stateless": True,
-            "cache": "none: CALF's GPT-2 runs over channels (one token per channel), each call sees a whole window",
-            "input": "x",
-            "output": "forecast",
-            "layout": ["batch", "time", "channels"],
-            "context": config.seq_len,
-            "horizon": config.pred_len,
-            "channels": config.enc_in,
-            "max_channels": n_positions,
-            "outputs": exported,
-            "normalisation": "raw units in and out: the graph normalises each channel over its window (CALF's "
-                             "mean/std instance normalisation) and restores the scale",
-        },
+        task=Task("forecast", (StepTensor("x", 1),), tuple(StepTensor(t.name, 1) for t in outputs), answer="last",
+                  horizon=config.pred_len, time_dim="time", client={
+                      "cache": "none: CALF's GPT-2 runs over channels (one token per channel), each call sees a "
+                               "whole window",
+                      "layout": ["batch", "time", "channels"],
+                      "context": config.seq_len,
+                      "channels": config.enc_in,
+                      "max_channels": n_positions,
+                      "outputs": exported,
+                      "normalisation": "raw units in and out: the graph normalises each channel over its window "
+                                       "(CALF's mean/std instance normalisation) and restores the scale",
+                  }),
     )
 
 

@@ -276,6 +276,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if triton_entry.exists() and not args.overwrite:
             print(f"{PROG}: --triton-repo: {triton_entry} exists (pass --overwrite to replace it)", file=sys.stderr)
             return EXIT_USAGE
+        from tsattn.export.exporter import task_of
+        from tsattn.export.manifest import GraphSpec
+        from tsattn.export.triton import unsupported
+
+        spec = exportable.spec
+        graphs = {sp.graph: GraphSpec(sp.graph, tuple(sp.graph_inputs), tuple(sp.graph_outputs))
+                  for sp in [spec] + [x for _, x in exportable.extra]}
+        problem = unsupported(task_of(spec, graphs), spec.cache, spec.graph_inputs)
+        if problem:
+            print(f"{PROG}: --triton-repo: {spec.name} cannot be laid out for Triton, nothing exported: {problem}",
+                  file=sys.stderr)
+            return EXIT_USAGE
     exporter = args.exporter or exportable.spec.exporter
     if "onnx" in formats and exporter in exportable.spec.unsupported_exporters:
         print(f"{PROG}: {exportable.spec.name} cannot be exported with the {exporter} exporter: "

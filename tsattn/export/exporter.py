@@ -36,8 +36,9 @@ import torch
 from torch import nn
 
 from tsattn import __version__
-from tsattn.export.manifest import FileEntry, GraphSpec, Manifest, TensorSpec, parity_table
+from tsattn.export.manifest import FileEntry, GraphSpec, Manifest, TensorSpec, parity_table, upgrade_task
 from tsattn.export.spec import EXPORTERS, Exportable, ExportSpec
+from tsattn.export.task import Task
 
 log = logging.getLogger("tsattn.export")
 
@@ -307,9 +308,12 @@ def _stepwise(spec: ExportSpec, eager: Runner, backend: Runner, name: str) -> Li
     past = full[n_in:]
     pieces: List[List[np.ndarray]] = [[] for _ in range(n_out)]
     start = 0
+    at = [t.name for t in spec.inputs].index(sw.position) if sw.position else None
     for n in sw.lengths:
         chunk = tuple(a if ax is None else np.ascontiguousarray(np.take(a, range(start, start + n), axis=ax))
                       for a, ax in zip(full[:n_in], seq_axes_in))
+        if at is not None:
+            chunk = chunk[:at] + (np.asarray(full[at] + start, dtype=full[at].dtype),) + chunk[at + 1:]
         out = backend(chunk + tuple(past))
         for i, ax in enumerate(seq_axes_out):
             pieces[i].append(out[i])
@@ -399,8 +403,11 @@ def export(
         raise ValueError(f"formats must be a non-empty subset of {FORMATS}; got {list(formats)}")
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}; got {exporter!r}")
+    for extra in exportable.extra:
+        extra[1].validate()
     if "onnx" in formats:
-        spec.check_exporter(exporter)
+        for graph_spec in [spec] + [sp for _, sp in exportable.extra]:
+            graph_spec.check_exporter(exporter)
     out = check_out_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
@@ -410,68 +417,29 @@ def export(
     bar = tqdm(total=len(formats) + 2, desc=f"export {spec.name}", file=sys.stderr, leave=False,
                disable=None if progress else True)  # None: only on a terminal
     try:
-        example = spec.example_inputs(spec.example_sizes, seed=0)
-        with torch.no_grad():
-            outputs = _as_tuple(module(*example))
-        if len(outputs) != len(spec.graph_outputs):
-            raise GraphContractError(f"{spec.name}: the module returns {len(outputs)} outputs; the spec declares "
-                                     f"{[t.name for t in spec.graph_outputs]}")
-        files: Dict[str, str] = {}
-        backends: Dict[str, Runner] = {}
-        notes: List[str] = []
-        if "onnx" in formats:
-            import onnx
-
-            bar.set_description(f"{spec.name}: ONNX ({exporter}, opset {opset})")
-            files["onnx"] = FILE_NAMES["onnx"].format(graph=spec.graph)
-            path = tmp / files["onnx"]
-            with torch.no_grad():
-                export_onnx(module, example, spec, path, opset, exporter)
-            proto = onnx.load(str(path), load_external_data=False)
-            notes = check_onnx_io(proto, spec)
-            if notes:
-                log.debug("renamed output dims: %s", "; ".join(notes))
-                onnx.save(proto, str(path))
-            onnx.checker.check_model(str(path), full_check=True)
-            written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
-            if written != opset:  # the dynamo exporter keeps 18 when converting down fails
-                log.warning("asked for opset %d, the %s exporter wrote opset %d; the manifest records %d",
-                            opset, exporter, written, written)
-                opset = written
-            try:
-                backends["onnxruntime"] = onnxruntime_runner(path, spec)
-            except Exception as exc:  # e.g. an opset this onnxruntime does not implement
-                row = {"graph": spec.graph, "backend": "onnxruntime", "check": "load", "sizes": {}, "output": "*",
-                       "max_abs_err": None, "tol": spec.atol, "ok": False,
-                       "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"}
-                raise ParityError(f"onnxruntime cannot load the graph, nothing written:\n{describe_failures([row])}",
-                                  [row]) from None
-            bar.update()
-        if "torchscript" in formats:
-            bar.set_description(f"{spec.name}: TorchScript")
-            files["torchscript"] = FILE_NAMES["torchscript"].format(graph=spec.graph)
-            path = tmp / files["torchscript"]
-            with torch.no_grad():
-                export_torchscript(module, example, path, freeze=spec.torchscript_freeze)
-            backends["torchscript"] = torchscript_runner(path)
-            bar.update()
-        bar.set_description(f"{spec.name}: parity")
-        rows = run_parity(spec, module, backends)
-        bar.update()
+        graphs: Dict[str, GraphSpec] = {}
+        rows: List[Dict[str, Any]] = []
+        fmt_of: Dict[str, str] = {}
+        for module_k, spec_k in [(module, spec)] + [(m.eval(), sp) for m, sp in exportable.extra]:
+            files, graph_rows, opset = _export_graph(module_k, spec_k, tmp, formats, opset, exporter, bar)
+            graphs[spec_k.graph] = GraphSpec(spec_k.graph, tuple(spec_k.graph_inputs), tuple(spec_k.graph_outputs),
+                                             files)
+            rows += graph_rows
+            fmt_of.update({p: f for f, p in files.items()})
         if not all(r["ok"] for r in rows):
             raise ParityError(f"parity failed, nothing written:\n{describe_failures(rows)}", rows)
 
-        fmt_of = {p: f for f, p in files.items()}
-        entries = [FileEntry.of(tmp, p.relative_to(tmp).as_posix(), fmt_of.get(p.name, "data"), spec.graph)
+        entries = [FileEntry.of(tmp, p.relative_to(tmp).as_posix(), fmt_of.get(p.name, "data"),
+                                _graph_of(p.name, graphs, spec.graph))
                    for p in sorted(tmp.rglob("*")) if p.is_file()]
         manifest = Manifest(
             name=spec.name,
             source=exportable.source,
-            task=dict(spec.task),
+            task=task_of(spec, graphs),
             exporter=exporter if "onnx" in formats else "",
             opset=opset if "onnx" in formats else None,
             files=entries,
-            graphs={spec.graph: GraphSpec(spec.graph, tuple(spec.graph_inputs), tuple(spec.graph_outputs), files)},
+            graphs=graphs,
             cache=spec.cache,
             parity=rows,
             versions=versions(),
@@ -487,6 +455,72 @@ def export(
         bar.close()
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _graph_of(file_name: str, graphs: Dict[str, GraphSpec], default: str) -> str:
+    """The graph a file of the export belongs to (its own file, or an external-data file: the main graph)."""
+    return next((g.name for g in graphs.values() if file_name in g.files.values()), default)
+
+
+def task_of(spec: ExportSpec, graphs: Dict[str, GraphSpec]) -> Task:
+    """The spec's ``Task`` (a free-form task dict, as specs wrote before tasks were typed, is upgraded)."""
+    if isinstance(spec.task, Task):
+        return spec.task
+    return upgrade_task(spec.task or {}, graphs, spec.cache)
+
+
+def _export_graph(module: nn.Module, spec: ExportSpec, tmp: Path, formats: Sequence[str], opset: int,
+                  exporter: str, bar) -> Tuple[Dict[str, str], List[Dict[str, Any]], int]:
+    """One graph of an export into ``tmp``: its files (format -> name), its parity rows, and the opset written."""
+    example = spec.example_inputs(spec.example_sizes, seed=0)
+    with torch.no_grad():
+        outputs = _as_tuple(module(*example))
+    if len(outputs) != len(spec.graph_outputs):
+        raise GraphContractError(f"{spec.name}: the module returns {len(outputs)} outputs; the spec declares "
+                                 f"{[t.name for t in spec.graph_outputs]}")
+    files: Dict[str, str] = {}
+    backends: Dict[str, Runner] = {}
+    notes: List[str] = []
+    if "onnx" in formats:
+        import onnx
+
+        bar.set_description(f"{spec.name}: ONNX ({exporter}, opset {opset})")
+        files["onnx"] = FILE_NAMES["onnx"].format(graph=spec.graph)
+        path = tmp / files["onnx"]
+        with torch.no_grad():
+            export_onnx(module, example, spec, path, opset, exporter)
+        proto = onnx.load(str(path), load_external_data=False)
+        notes = check_onnx_io(proto, spec)
+        if notes:
+            log.debug("renamed output dims: %s", "; ".join(notes))
+            onnx.save(proto, str(path))
+        onnx.checker.check_model(str(path), full_check=True)
+        written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
+        if written != opset:  # the dynamo exporter keeps 18 when converting down fails
+            log.warning("asked for opset %d, the %s exporter wrote opset %d; the manifest records %d",
+                        opset, exporter, written, written)
+            opset = written
+        try:
+            backends["onnxruntime"] = onnxruntime_runner(path, spec)
+        except Exception as exc:  # e.g. an opset this onnxruntime does not implement
+            row = {"graph": spec.graph, "backend": "onnxruntime", "check": "load", "sizes": {}, "output": "*",
+                   "max_abs_err": None, "tol": spec.atol, "ok": False,
+                   "error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300]}"}
+            raise ParityError(f"onnxruntime cannot load the graph, nothing written:\n{describe_failures([row])}",
+                              [row]) from None
+        bar.update()
+    if "torchscript" in formats:
+        bar.set_description(f"{spec.name}: TorchScript")
+        files["torchscript"] = FILE_NAMES["torchscript"].format(graph=spec.graph)
+        path = tmp / files["torchscript"]
+        with torch.no_grad():
+            export_torchscript(module, example, path, freeze=spec.torchscript_freeze)
+        backends["torchscript"] = torchscript_runner(path)
+        bar.update()
+    bar.set_description(f"{spec.name}: parity")
+    rows = run_parity(spec, module, backends)
+    bar.update()
+    return files, rows, opset
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

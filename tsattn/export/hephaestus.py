@@ -70,7 +70,8 @@ from torch import Tensor, nn
 from tsattn.export.checkpoint import load_checkpoint, load_weights, split_checkpoint
 from tsattn.export.exporter import _quiet as quiet
 from tsattn.export.manifest import CacheSpec, TensorSpec, sha256_file
-from tsattn.export.spec import Exportable, ExportSpec, FlatCache, StepwiseCheck, distinct_sizes
+from tsattn.export.spec import Exportable, ExportSpec, FlatCache, StepwiseCheck, distinct_sizes, step_tensors
+from tsattn.export.task import Task
 from tsattn.export.targets import TargetError, open_patched, target_code
 
 KIND = "hephaestus"
@@ -326,15 +327,8 @@ def hephaestus_spec(config: HephaestusExportConfig, max_len: int) -> ExportSpec:
         exporter="legacy",
         unsupported_exporters={"dynamo": "torch.export stops at TimeSeriesDecoder.forward's data-dependent "
                                          "`if torch.isnan(...).any()` branches (the legacy exporter traces them)"},
-        task={
-            "kind": "streaming_forecast",
-            "input": "numeric_inputs",
-            "output": "numeric",
-            "inputs": [t.name for t in inputs],
-            "outputs": [t.name for t in outputs],
-            "sequence_dim": "seq",
+        task=Task("sequence", step_tensors(inputs), step_tensors(outputs), horizon=1, client={
             "layout": ["batch", "columns", "seq"],
-            "horizon": 1,
             "prediction": "output at time t is the decoder's prediction for time t + 1 (Hephaestus trains it so)",
             "numeric_columns": list(config.numeric_columns),
             "categorical_columns": list(config.categorical_columns),
@@ -346,7 +340,7 @@ def hephaestus_spec(config: HephaestusExportConfig, max_len: int) -> ExportSpec:
                          "restart it; the cache does not slide",
             "cache_heads": {"n_heads": config.n_heads, "n_columns": config.n_columns,
                             "order": "kv head h * n_columns + c (head-major)"},
-        },
+        }),
     )
 
 

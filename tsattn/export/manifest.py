@@ -5,23 +5,24 @@ without torch. The exporter writes the manifest through ``Manifest.write``; the 
 ``load_manifest(export_dir)``, which checks the schema and every file's size and sha256 and returns the spec
 objects: ``GraphSpec`` (each graph's inputs and outputs), ``CacheSpec`` (the KV-cache tensors), ``FileEntry``.
 
-Schema (``manifest_version`` 1)::
+Schema (``manifest_version`` 2; version 1 manifests still load, their free-form task dict upgraded)::
 
     {
-      "format": "tsattn-export", "manifest_version": 1,
+      "format": "tsattn-export", "manifest_version": 2,
       "name": "reference",                              model name
       "created": "2025-01-01T00:00:00Z",
       "source": {"kind": "reference", "config": {...}, "seed": 0, "checkpoint": null | {"path", "sha256"}}
+             or {"kind": "model", "model": "autoregressive" | "encoder_decoder", "config": {...}, ...}
              or {"kind": "target", "target": "calf", "repo": ..., "upstream_commit": ..., "head": ...,
                  "dirty": [...], "feature": ..., "options": {...}, "options_from": ..., "checkpoint": ...,
                  "weights": "checkpoint" | "random (seed N): ...", "seed": ..., ...},   (a target spec adds its
                  own entries, e.g. CALF: model, exported, config, gpt2, lora, wcmha, word_embedding, stack)
-      "task": {"kind": "streaming_forecast", "input": "values", "output": "forecast", "sequence_dim": "seq",
-               "horizon": 24, ...}                      a causal graph with a cache (call it step by step)
-           or {"kind": "forecast", "stateless": true, "input": "x", "output": "forecast", "layout": [...],
-               "context": 96, "horizon": 96, "channels": null | N, ...}
-                                                        a stateless graph (cache null): one call per window;
-                                                        what a runtime needs to drive the graphs
+      "task": {"version": 1, "kind": "streaming_forecast" | "sequence" | "causal_lm" | "seq2seq" | "forecast",
+               "graph": "model", "time_dim": "seq", "answer": "last" | "steps", "horizon": 24,
+               "inputs": [{"name": "values", "time_axis": 1}], "outputs": [{"name": "forecast", "time_axis": 1}],
+               "encoder": null | {"graph", "inputs", "feeds"}, "position": null | "start_pos", "client": {...}}
+                                                        the stream contract (``tsattn.export.task.Task``): what a
+                                                        runtime needs to drive the graphs; no consumer guesses
       "exporter": "dynamo" | "legacy", "opset": 18,
       "files": [{"path": "model.onnx", "format": "onnx", "graph": "model", "bytes": 123, "sha256": "..."}, ...],
       "graphs": {"model": {"files": {"onnx": "model.onnx", "torchscript": "model.pt"},
@@ -54,9 +55,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+from tsattn.export.task import EncoderTask, StepTensor, Task, TaskError
+
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "tsattn-export"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: a free-form task dict, upgraded on reading (``Task.upgrade``)
 DTYPES = ("float32", "float16", "float64", "int64", "int32", "bool")
 
 Dim = Union[int, str]
@@ -355,7 +359,7 @@ class Manifest:
 
     name: str
     source: Dict[str, Any]
-    task: Dict[str, Any]
+    task: Task
     exporter: str
     opset: Optional[int]
     files: List[FileEntry]
@@ -392,7 +396,7 @@ class Manifest:
             "name": self.name,
             "created": self.created,
             "source": self.source,
-            "task": self.task,
+            "task": self.task.to_dict(),
             "exporter": self.exporter,
             "opset": self.opset,
             "files": [f.to_dict() for f in self.files],
@@ -412,14 +416,19 @@ class Manifest:
         if d.get("format") != MANIFEST_FORMAT:
             raise ManifestError(f"not a tsattn export manifest (format is {d.get('format')!r}, "
                                 f"expected {MANIFEST_FORMAT!r})")
-        if d.get("manifest_version") != MANIFEST_VERSION:
-            raise ManifestError(f"unsupported manifest_version {d.get('manifest_version')!r} "
-                                f"(this tsattn reads {MANIFEST_VERSION})")
+        version = d.get("manifest_version")
+        if version not in READABLE_VERSIONS:
+            raise ManifestError(f"unsupported manifest_version {version!r} (this tsattn reads "
+                                f"{', '.join(map(str, READABLE_VERSIONS))})")
         try:
             graphs = {n: GraphSpec.from_dict(n, g) for n, g in d["graphs"].items()}
             cache = None if d.get("cache") is None else CacheSpec.from_dict(d["cache"])
+            if version == 1:
+                task = upgrade_task(d.get("task") or {}, graphs, cache)
+            else:
+                task = Task.from_dict(d["task"])
             manifest = cls(
-                name=str(d["name"]), source=dict(d["source"]), task=dict(d.get("task") or {}),
+                name=str(d["name"]), source=dict(d["source"]), task=task,
                 exporter=str(d.get("exporter", "")), opset=d.get("opset"),
                 files=[FileEntry.from_dict(f) for f in d["files"]], graphs=graphs, cache=cache,
                 parity=list(d.get("parity") or []), versions=dict(d.get("versions") or {}),
@@ -427,6 +436,8 @@ class Manifest:
             )
         except ManifestError:
             raise
+        except TaskError as exc:
+            raise ManifestError(f"manifest task: {exc}") from None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ManifestError(f"malformed manifest: {type(exc).__name__}: {exc}") from None
         manifest.check_consistency()
@@ -453,6 +464,14 @@ class Manifest:
             for n in self.cache.present_names():
                 if n not in names_out:
                     raise ManifestError(f"cache output {n!r} is not an output of graph {g.name!r}")
+        try:
+            self.task.check(graph_shapes(self.graphs))
+        except TaskError as exc:
+            raise ManifestError(f"manifest task: {exc}") from None
+        if self.task.streams and (self.cache is None or self.cache.graph != self.task.graph):
+            raise ManifestError(f"a {self.task.kind} task streams its graph {self.task.graph!r}, which needs the "
+                                f"cache (the manifest's cache is "
+                                f"{'absent' if self.cache is None else 'on graph ' + repr(self.cache.graph)})")
 
     def verify_files(self) -> None:
         """Every listed file exists with its recorded size and sha256; raises ``ManifestError`` naming the file."""
@@ -468,6 +487,21 @@ class Manifest:
             if digest != f.sha256:
                 raise ManifestError(f"{p}: sha256 {digest[:16]}... differs from the manifest's {f.sha256[:16]}... "
                                     f"(the file was modified); refusing to load it")
+
+
+def graph_shapes(graphs: Mapping[str, GraphSpec]) -> Dict[str, Tuple[Dict[str, Tuple], Dict[str, Tuple]]]:
+    """``{graph: ({input: shape}, {output: shape})}``, what ``Task.check`` reads."""
+    return {n: ({t.name: t.shape for t in g.inputs}, {t.name: t.shape for t in g.outputs}) for n, g in graphs.items()}
+
+
+def upgrade_task(task: Mapping[str, Any], graphs: Mapping[str, GraphSpec], cache: Optional[CacheSpec]) -> Task:
+    """The ``Task`` of a version-1 task dict (``Task.upgrade``) for these graphs and cache."""
+    graph = cache.graph if cache is not None else next(iter(graphs))
+    g = graphs[graph]
+    skip_in = set(cache.past_names()) if cache is not None else set()
+    skip_out = set(cache.present_names()) if cache is not None else set()
+    return Task.upgrade(task, graph, {t.name: t.shape for t in g.inputs if t.name not in skip_in},
+                        {t.name: t.shape for t in g.outputs if t.name not in skip_out}, cached=cache is not None)
 
 
 def load_manifest(export_dir: Union[str, os.PathLike], verify: bool = True) -> Manifest:

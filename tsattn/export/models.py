@@ -13,7 +13,8 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 from tsattn.export.checkpoint import load_checkpoint, load_weights, split_checkpoint
 from tsattn.export.manifest import CacheSpec, TensorSpec, sha256_file
-from tsattn.export.spec import Exportable, ExportSpec, FlatCache, StepwiseCheck, distinct_sizes
+from tsattn.export.spec import Exportable, ExportSpec, FlatCache, StepwiseCheck, distinct_sizes, step_tensors
+from tsattn.export.task import Task
 
 Builder = Callable[[Mapping[str, Any], Optional[Path], Optional[int]], Exportable]
 
@@ -59,18 +60,14 @@ def reference_spec(config, window: Optional[int]) -> ExportSpec:
         parity_sizes=parity,
         dim_min={"past": 0},
         stepwise=StepwiseCheck("seq", lengths),
-        task={
-            "kind": "streaming_forecast",
-            "input": "values",
-            "output": "forecast",
-            "sequence_dim": "seq",
-            "horizon": config.horizon,
-            "normalisation": "values and forecasts are raw units; the graph applies (x - loc) / scale and its "
-                             "inverse with fixed loc/scale",
-            "loc": float(config.loc),
-            "scale": float(config.scale),
-            "channels": "univariate; a C-channel series is C rows of the batch (channel-independent)",
-        },
+        task=Task("streaming_forecast", step_tensors(inputs), step_tensors(outputs), answer="last",
+                  horizon=config.horizon, client={
+                      "normalisation": "values and forecasts are raw units; the graph applies (x - loc) / scale and "
+                                       "its inverse with fixed loc/scale",
+                      "loc": float(config.loc),
+                      "scale": float(config.scale),
+                      "channels": "univariate; a C-channel series is C rows of the batch (channel-independent)",
+                  }),
     )
 
 
@@ -100,7 +97,20 @@ def build_reference_export(options: Mapping[str, Any], checkpoint: Optional[Path
     return Exportable(FlatCache(model, n_inputs=1, layers=config.n_layers).eval(), spec, source)
 
 
+def _seed002(kind: str) -> Builder:
+    def build(options: Mapping[str, Any], checkpoint: Optional[Path], seed: Optional[int]) -> Exportable:
+        from tsattn.export.seed002 import build_seed002_export
+
+        return build_seed002_export(kind, options, checkpoint, seed)
+    return build
+
+
 MODELS: Dict[str, ModelEntry] = {
     "reference": ModelEntry("reference", "causal streaming forecaster on WCMHA with a KV cache "
                                          "(tsattn.models.reference)", build_reference_export),
+    "autoregressive": ModelEntry("autoregressive", "seed 002's AutoregressiveTransformerModel as a decode step "
+                                                   "with a KV cache (tsattn.export.seed002)", _seed002("autoregressive")),
+    "encoder_decoder": ModelEntry("encoder_decoder", "seed 002's EncoderDecoder: an encoder graph run once per "
+                                                     "source and a decoder step with a KV cache (tsattn.export.seed002)",
+                                  _seed002("encoder_decoder")),
 }

@@ -15,12 +15,13 @@ traced ones, 0 and 1 included where a dim allows them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
 from tsattn.export.manifest import CacheSpec, TensorSpec
+from tsattn.export.task import StepTensor, Task
 
 EXPORTERS = ("dynamo", "legacy")
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "float64": torch.float64,
@@ -49,15 +50,23 @@ def distinct_sizes(names: Sequence[str], avoid: Iterable[int] = (), start: int =
     return sizes
 
 
+def step_tensors(tensors: Sequence[TensorSpec], time_dim: str = "seq") -> Tuple[StepTensor, ...]:
+    """A task's ``StepTensor`` for each tensor: its time axis is where its shape holds ``time_dim`` (else None)."""
+    return tuple(StepTensor(t.name, t.shape.index(time_dim) if time_dim in t.shape else None) for t in tensors)
+
+
 @dataclass(frozen=True)
 class StepwiseCheck:
     """Cached decoding must equal one full forward: feed ``lengths`` positions per call (the first a prefill on
     an empty cache), each present back as the next past, and compare the outputs that have ``sequence_dim``
-    (concatenated along it) and the final caches with one full forward over ``sum(lengths)`` positions."""
+    (concatenated along it) and the final caches with one full forward over ``sum(lengths)`` positions.
+    ``position``: the input that holds the absolute position of a call's first step (each call's is the full
+    forward's plus the positions fed before it)."""
 
     sequence_dim: str
     lengths: Tuple[int, ...]
     batch: int = 2
+    position: Optional[str] = None  # an int64 scalar input holding the first new position (a sliding graph's)
 
     def __post_init__(self) -> None:
         if not self.lengths or any(n < 1 for n in self.lengths):
@@ -69,8 +78,9 @@ class ExportSpec:
     """What one graph takes and returns, and how to check it. ``inputs``/``outputs`` exclude the cache tensors,
     which ``cache`` adds at the end of each (``graph_inputs``/``graph_outputs``).
 
-    name: the model's name in the manifest. task: what a runtime needs to drive the graph (kind, which input and
-    output carry the series, ...; copied into the manifest). example_sizes: sizes to trace at (one per symbolic
+    name: the model's name in the manifest. task: the stream contract (``tsattn.export.task.Task``: kind, step
+    inputs and outputs with their time axes, what an append answers, client facts; ``step_task`` makes one from
+    the spec's own tensors), written to the manifest; a free-form dict is upgraded as a version-1 manifest's. example_sizes: sizes to trace at (one per symbolic
     input dim). parity_sizes: two or more other size sets to compare backends with eager at. dim_min: smallest
     size per symbolic input dim (default 1; a cache's past dim allows 0). dim_max: largest size per symbolic input
     dim where the model has one (e.g. a position table; default unbounded), given to torch.export. make_inputs: ``(sizes, generator) ->
@@ -89,7 +99,7 @@ class ExportSpec:
     example_sizes: Mapping[str, int]
     parity_sizes: Tuple[Mapping[str, int], ...]
     cache: Optional[CacheSpec] = None
-    task: Mapping[str, Any] = field(default_factory=dict)
+    task: Union[Task, Mapping[str, Any]] = field(default_factory=dict)
     dim_min: Mapping[str, int] = field(default_factory=dict)
     dim_max: Mapping[str, int] = field(default_factory=dict)
     stepwise: Optional[StepwiseCheck] = None
@@ -194,11 +204,14 @@ class ExportSpec:
 @dataclass(frozen=True)
 class Exportable:
     """What a builder hands the export loop: the module to export (``forward(*graph inputs)`` returns the graph
-    outputs, a tensor or a tuple, in eval mode), its spec, and the manifest's ``source`` entry."""
+    outputs, a tensor or a tuple, in eval mode), its spec, and the manifest's ``source`` entry. ``extra``: more
+    graphs of the same export, (module, spec) each with its own ``spec.graph`` (an encoder-decoder's encoder);
+    the first spec's name, cache and task are the export's."""
 
     module: nn.Module
     spec: ExportSpec
     source: Dict[str, Any]
+    extra: Tuple[Tuple[nn.Module, ExportSpec], ...] = ()
 
 
 class FlatCache(nn.Module):

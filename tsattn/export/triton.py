@@ -46,6 +46,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from tsattn.export.manifest import CacheSpec, GraphSpec, Manifest, TensorSpec, load_manifest
+from tsattn.export.task import Task
 
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "float64": "TYPE_FP64", "int64": "TYPE_INT64",
                  "int32": "TYPE_INT32", "bool": "TYPE_BOOL"}
@@ -64,15 +65,43 @@ class TritonRepoError(ValueError):
 
 
 def state_names(cache: CacheSpec) -> List[Tuple[str, str]]:
-    """(input state, output state) per cache tensor, graph order, with the layer index zero-padded to a fixed
-    width (at least 2): ``past_key_values.00.key`` -> ``present.00.key``."""
-    width = max(2, len(str(cache.layers - 1)))
-    pairs = []
-    for i in range(cache.layers):
-        index = f"{i:0{width}d}"
-        for past, present in ((cache.past_key, cache.present_key), (cache.past_value, cache.present_value)):
-            pairs.append((past.format(i=index), present.format(i=index)))
-    return pairs
+    """(input state, output state) per cache tensor, graph order (``cache.cache_tensors()``). A uniform cache keeps
+    its names with the layer index zero-padded to a fixed width (at least 2): ``past_key_values.00.key`` ->
+    ``present.00.key``; a cache given tensor by tensor (``cache.tensors``, e.g. Wave-Transformer's) is named by the
+    tensor's place, zero-padded, and its part: ``past_key_values.07.wave`` -> ``present.07.wave``. Either way two
+    names differ inside a fixed-width index, so none is a prefix of another and sorted inputs pair with sorted
+    outputs (``state_names_safe`` checks both)."""
+    tensors = cache.cache_tensors()
+    if not cache.tensors:
+        width = max(2, len(str(cache.layers - 1)))
+        return [((cache.past_key if t.part == "key" else cache.past_value).format(i=f"{t.layer:0{width}d}"),
+                 (cache.present_key if t.part == "key" else cache.present_value).format(i=f"{t.layer:0{width}d}"))
+                for t in tensors]
+    width = max(2, len(str(len(tensors) - 1)))
+    return [(f"past_key_values.{k:0{width}d}.{t.part}", f"present.{k:0{width}d}.{t.part}")
+            for k, t in enumerate(tensors)]
+
+
+def unsupported(task: Task, cache: Optional[CacheSpec], inputs: Sequence[TensorSpec]) -> Optional[str]:
+    """Why Triton's sequence batcher cannot drive an export (None: it can), from its task, cache and step graph
+    inputs: every graph input must be a request input the client sends each time, or a cache tensor (implicit
+    state). ``tsattn-export --triton-repo`` asks before exporting anything."""
+    if cache is None:
+        return None
+    if task.encoder is not None:
+        return (f"the {task.kind} export feeds its encoder's outputs ({', '.join(d for _, d in task.encoder.feeds)}) "
+                f"to every step; Triton's implicit state starts from zeros or a fixed initial_state, not from a "
+                f"second model's outputs, so it cannot hold them for a sequence. Serve it with tsattn-serve (a "
+                f"stream opens with its source), or export the autoregressive model")
+    if task.position is not None:
+        return (f"the graph takes {task.position!r}, a scalar position Triton would need from the client on every "
+                f"request (a shape-[] input, which the sequence batcher cannot batch); export it with "
+                f"expanding_context (no --max-context) or serve it with tsattn-serve")
+    past = set(cache.past_names())
+    for t in inputs:
+        if t.name not in past and not t.shape:
+            return f"graph input {t.name!r} is a scalar; Triton inputs need at least one dim"
+    return None
 
 
 def state_names_safe(pairs: Sequence[Tuple[str, str]]) -> Optional[str]:
@@ -125,29 +154,40 @@ def sequence_model(model, cache: CacheSpec, batch_input: str):
     kept_outputs = [vi for vi in graph.output if not vi.name.startswith(INNER)]
     del graph.input[:]
     del graph.output[:]
-    state_shape = [cache.batch_dim, cache.kv_heads, cache.past_dim, cache.head_dim]
-    out_shape = [cache.batch_dim, cache.kv_heads, cache.present_dim, cache.head_dim]
+    tensors = cache.cache_tensors()
     graph.input.extend(kept_inputs)
-    graph.input.extend(helper.make_tensor_value_info(p, elem, state_shape) for p, _ in pairs)
+    graph.input.extend(helper.make_tensor_value_info(p, elem, [cache.batch_dim, t.heads, cache.past_dim, t.dim])
+                       for (p, _), t in zip(pairs, tensors))
     graph.input.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, [1]) for name, _ in CONTROLS)
     graph.input.append(helper.make_tensor_value_info(CORRID, TensorProto.UINT64, [1]))
     graph.output.extend(kept_outputs)
-    graph.output.extend(helper.make_tensor_value_info(q, elem, out_shape) for _, q in pairs)
+    graph.output.extend(helper.make_tensor_value_info(q, elem, [cache.batch_dim, t.heads, cache.present_dim, t.dim])
+                        for (_, q), t in zip(pairs, tensors))
 
-    # then: empty caches (batch, kv_heads, 0, head_dim), the batch read from the data input
+    # then: empty caches (batch, heads, 0, dim) of every tensor's own shape, the batch read from the data input
     then_nodes = [
         helper.make_node("Shape", [batch_input], ["tsattn_start/shape"]),
         helper.make_node("Gather", ["tsattn_start/shape", "tsattn_start/first"], ["tsattn_start/batch"], axis=0),
-        helper.make_node("Concat", ["tsattn_start/batch", "tsattn_start/tail"], ["tsattn_start/dims"], axis=0),
-        helper.make_node("ConstantOfShape", ["tsattn_start/dims"], ["tsattn_start/empty"],
-                         value=helper.make_tensor("zero", elem, [1], [0])),
     ]
-    then_nodes += [helper.make_node("Identity", ["tsattn_start/empty"], [f"tsattn_start/{k}"]) for k in range(len(past))]
-    tail = helper.make_tensor("tsattn_start/tail", TensorProto.INT64, [3], [cache.kv_heads, 0, cache.head_dim])
+    tails = {}
+    for k, t in enumerate(tensors):
+        key = (t.heads, t.dim)
+        if key not in tails:  # one empty tensor per distinct (heads, dim)
+            j = len(tails)
+            tails[key] = helper.make_tensor(f"tsattn_start/tail{j}", TensorProto.INT64, [3], [t.heads, 0, t.dim])
+            then_nodes += [
+                helper.make_node("Concat", ["tsattn_start/batch", f"tsattn_start/tail{j}"], [f"tsattn_start/dims{j}"],
+                                 axis=0),
+                helper.make_node("ConstantOfShape", [f"tsattn_start/dims{j}"], [f"tsattn_start/empty{j}"],
+                                 value=helper.make_tensor("zero", elem, [1], [0])),
+            ]
+        j = list(tails).index(key)
+        then_nodes.append(helper.make_node("Identity", [f"tsattn_start/empty{j}"], [f"tsattn_start/{k}"]))
     first = helper.make_tensor("tsattn_start/first", TensorProto.INT64, [1], [0])
     then_branch = helper.make_graph(
         then_nodes, "start_of_sequence", [],
-        [helper.make_tensor_value_info(f"tsattn_start/{k}", elem, None) for k in range(len(past))], [tail, first])
+        [helper.make_tensor_value_info(f"tsattn_start/{k}", elem, None) for k in range(len(past))],
+        list(tails.values()) + [first])
     else_branch = helper.make_graph(
         [helper.make_node("Identity", [p], [f"tsattn_continue/{k}"]) for k, (p, _) in enumerate(pairs)],
         "continue_sequence", [],
@@ -198,12 +238,11 @@ def sequence_config(name: str, graph: GraphSpec, cache: CacheSpec, instances: in
                 for n, k in CONTROLS]
     controls.append(f'    {{\n      name: "{CORRID}"\n      control [ {{ kind: CONTROL_SEQUENCE_CORRID data_type: '
                     f'TYPE_UINT64 }} ]\n    }}')
-    state_dims = _dims([cache.batch_dim, cache.kv_heads, cache.past_dim, cache.head_dim])
-    init_dims = _dims([1, cache.kv_heads, 1, cache.head_dim])
     states = [f'    {{\n      input_name: "{p}"\n      output_name: "{q}"\n      data_type: {dtype}\n'
-              f'      dims: {state_dims}\n      initial_state: {{\n        name: "ignored_at_start"\n'
-              f'        data_type: {dtype}\n        dims: {init_dims}\n        zero_data: true\n      }}\n    }}'
-              for p, q in pairs]
+              f'      dims: {_dims([cache.batch_dim, t.heads, cache.past_dim, t.dim])}\n      initial_state: {{\n'
+              f'        name: "ignored_at_start"\n        data_type: {dtype}\n        dims: {_dims([1, t.heads, 1, t.dim])}\n'
+              f'        zero_data: true\n      }}\n    }}'
+              for (p, q), t in zip(pairs, cache.cache_tensors())]
     return (
         f"{header}"
         f'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: 0\n'
@@ -265,6 +304,9 @@ def write_triton_repo(export: Union[str, os.PathLike, Manifest], repo: Union[str
     header = (f"# Triton model configuration written by tsattn-export --triton-repo (tsattn {__version__}) for the "
               f"export {manifest.name!r}\n# (source: {manifest.source.get('kind')}, exporter {manifest.exporter}, "
               f"opset {manifest.opset}). See tsattn/export/triton.py for the design.\n")
+    problem = unsupported(manifest.task, cache, graph.inputs)  # either backend: a sequence is its requests only
+    if problem:
+        raise TritonRepoError(f"export {manifest.name!r} cannot be laid out for Triton: {problem}")
     model = onnx.load(str(manifest.graph_file(graph_name, "onnx"))) if backend == "onnxruntime" else None
     if model is None:
         config = None  # the Python-backend entry writes its own files (tsattn.export.triton_python)
@@ -302,4 +344,4 @@ def write_triton_repo(export: Union[str, os.PathLike, Manifest], repo: Union[str
 
 
 __all__ = ["BACKENDS", "CONTROLS", "CORRID", "TritonRepoError", "plain_config", "sequence_config", "sequence_model",
-           "state_names", "state_names_safe", "write_triton_repo"]
+           "state_names", "state_names_safe", "unsupported", "write_triton_repo"]

@@ -101,7 +101,8 @@ from torch import Tensor, nn
 from tsattn.export.checkpoint import CheckpointRefused, load_checkpoint, load_weights, split_checkpoint
 from tsattn.export.exporter import _quiet as quiet
 from tsattn.export.manifest import CacheSpec, CacheTensor, TensorSpec, sha256_file
-from tsattn.export.spec import Exportable, ExportSpec, FlatCache, StepwiseCheck, distinct_sizes
+from tsattn.export.spec import Exportable, ExportSpec, FlatCache, StepwiseCheck, distinct_sizes, step_tensors
+from tsattn.export.task import Task
 from tsattn.export.targets import TargetError, open_patched, target_code
 
 KIND = "wave_transformer"
@@ -470,22 +471,14 @@ def wave_spec(input_name: str, vocab_in: int, vocab_out: int, slots: Sequence[_A
         dim_max={"seq": max_context, "past": max_context - 1},
         stepwise=StepwiseCheck("seq", STEPWISE),
         make_inputs=make_inputs,
-        task={
-            "kind": "causal_lm",
-            "input": input_name,
-            "output": "logits",
-            "inputs": [input_name],
-            "outputs": ["logits"],
-            "sequence_dim": "seq",
-            "layout": ["batch", "seq"],
-            "horizon": 1,
+        task=Task("causal_lm", step_tensors(inputs), step_tensors(outputs), horizon=1, client={
             "vocab_size": vocab_out,
             "input_ranges": {input_name: [0, vocab_in - 1]},
             "prediction": "logits[:, t] score the token at t + 1 (WaveTransformer's decoder output at t)",
             "positions": f"absolute: a stream holds at most {max_context} tokens (the shortest YaRN table), then "
                          "restart it; the cache does not slide",
             "cache_slots": described,
-        },
+        }),
     )
 
 

@@ -15,9 +15,9 @@ used).
 from tsattn.export.manifest import ManifestError
 from tsattn.runtime.device import DeviceUnavailable
 from tsattn.runtime.engine import Runtime, StepResult, Stream, load
-from tsattn.runtime.errors import (CapacityError, InputError, NotSupported, Overloaded, ServingError, StreamEvicted,
+from tsattn.runtime.errors import (CacheFull, CapacityError, InputError, NotSupported, Overloaded, ServingError, StreamEvicted,
                                    TooManyStreams, TooManyValues, UnknownStream)
 
-__all__ = ["CapacityError", "DeviceUnavailable", "InputError", "ManifestError", "NotSupported", "Overloaded",
+__all__ = ["CacheFull", "CapacityError", "DeviceUnavailable", "InputError", "ManifestError", "NotSupported", "Overloaded",
            "Runtime", "ServingError", "StepResult", "Stream", "StreamEvicted", "TooManyStreams", "TooManyValues",
            "UnknownStream", "load"]

@@ -43,7 +43,7 @@ import math
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -53,9 +53,10 @@ if TYPE_CHECKING:
     import asyncio
 
 from tsattn.export.manifest import CacheSpec, GraphSpec, Manifest, ManifestError, TensorSpec, load_manifest
+from tsattn.export.task import Task
 from tsattn.runtime.cacheops import CacheOps
 from tsattn.runtime.device import Placement, open_session, placement
-from tsattn.runtime.errors import (InputError, NotSupported, Overloaded, StreamEvicted, TooManyStreams,
+from tsattn.runtime.errors import (CacheFull, InputError, NotSupported, Overloaded, StreamEvicted, TooManyStreams,
                                    TooManyValues, UnknownStream)
 
 log = logging.getLogger("tsattn.runtime")
@@ -63,7 +64,7 @@ log = logging.getLogger("tsattn.runtime")
 _NUMERIC_KINDS = "iuf"  # numpy kinds accepted as numbers: signed, unsigned, float (not bool, str, object)
 _EVICTED_MEMORY = 10_000
 COUNTERS = ("opened", "closed", "model_calls", "appends", "batched_calls", "batched_appends", "predict_calls",
-            "rejected_overloaded")
+            "encoder_calls", "rejected_overloaded")
 DEFAULT_MAX_APPEND = 2048  # a prefill longer than the window is fine (stacked windows reach further back)  # evicted ids remembered, for a clear answer instead of "unknown"
 
 
@@ -71,9 +72,10 @@ class Stream:
     """An open stream: ``id``, ``rows`` (batch rows = channels), ``length`` (positions in its cache, at most
     max_context), ``observed`` (values appended in all). Internal state is the runtime's; use its methods."""
 
-    __slots__ = ("id", "rows", "length", "observed", "opened", "last_used", "_block", "_pending", "_closed")
+    __slots__ = ("id", "rows", "length", "observed", "opened", "last_used", "_block", "_pending", "_queued",
+                 "_closed", "_statics", "_static_key", "_last")
 
-    def __init__(self, stream_id: str, rows: int, now: float) -> None:
+    def __init__(self, stream_id: str, rows: int, now: float, statics: Optional[List[Any]] = None) -> None:
         self.id = stream_id
         self.rows = rows
         self.length = 0
@@ -82,7 +84,11 @@ class Stream:
         self.last_used = now
         self._block: Optional[_Block] = None  # where the cache is (rows of a block of OrtValues); None: empty
         self._pending = 0  # appends queued or in flight
+        self._queued = 0  # steps of those appends (a cache that does not slide: observed + queued <= capacity)
         self._closed = False
+        self._statics = statics  # an encoder-decoder's encoder outputs fed to every step (OrtValues), or None
+        self._static_key = tuple(tuple(v.shape()[1:]) for v in statics) if statics else ()
+        self._last: Optional[np.ndarray] = None  # the primary output at the last step (generate reads it)
 
     def __repr__(self) -> str:
         return f"Stream({self.id!r}, rows={self.rows}, length={self.length}, observed={self.observed})"
@@ -103,23 +109,27 @@ class _Block:
 
 @dataclass(frozen=True)
 class StepResult:
-    """What an append returns through ``submit``'s future: the forecast after the last observation (``(*out,)``
-    for one row, ``(*out, rows)`` for several) and the stream's cache length and observation count after it."""
+    """What an append returns through ``submit``'s future: ``outputs``, every step output for the new steps (the
+    graph's layout without the batch axis for a one-row stream, with it for several; time on the task's axis),
+    ``forecast``, the primary output after the last new step (``(*out,)`` for one row, ``(*out, rows)`` for
+    several: what the ``values`` form answers), and the stream's cache length and step count after it."""
 
     forecast: np.ndarray
     length: int
     observed: int
+    outputs: Dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class _Append:
     """A queued append: its stream, its values, and the future to resolve: a ``concurrent.futures.Future``, or an
     asyncio future of ``loop`` (resolved on that loop, one wake-up per batch)."""
 
-    __slots__ = ("stream", "values", "future", "loop", "queued")
+    __slots__ = ("stream", "inputs", "n", "future", "loop", "queued")
 
-    def __init__(self, stream: Stream, values: np.ndarray, loop=None) -> None:
+    def __init__(self, stream: Stream, inputs: Dict[str, np.ndarray], n: int, loop=None) -> None:
         self.stream = stream
-        self.values = values  # (rows, n, *features), the graph's dtype
+        self.inputs = inputs  # step input name -> array in the graph's layout (rows on axis 0) and dtype
+        self.n = n  # new steps
         self.loop = loop
         self.future = concurrent.futures.Future() if loop is None else loop.create_future()
         self.queued = time.perf_counter()
@@ -127,15 +137,23 @@ class _Append:
 
 @dataclass(frozen=True)
 class _StreamGraph:
-    """How the streaming graph is driven: its input/output tensors and axes (checked against the manifest)."""
+    """How the streaming graph is driven, read from the manifest's task (checked against its graphs): the step
+    inputs and outputs with their time axes (graph axes, batch at 0), the inputs an encoder feeds, the position
+    input, and the fixed dims of one observation for the ``values`` form (None: that form does not fit)."""
 
     graph: GraphSpec
     cache: CacheSpec
-    input: TensorSpec
-    output: TensorSpec
-    features: Tuple[int, ...]  # fixed dims of one observation (() for a univariate value)
-    output_seq_axis: Optional[int]
-    extra_outputs: Tuple[str, ...]
+    task: Task
+    inputs: Tuple[Tuple[TensorSpec, int], ...]
+    outputs: Tuple[Tuple[TensorSpec, int], ...]
+    statics: Tuple[str, ...]
+    encoder: Optional[GraphSpec]
+    position: Optional[str]
+    features: Optional[Tuple[int, ...]]
+
+    @property
+    def primary(self) -> Tuple[TensorSpec, int]:
+        return self.outputs[0]
 
 
 class Runtime:
@@ -188,9 +206,17 @@ class Runtime:
         self.max_append = max_append
         self._cacheops = None
         if self._stream_graph is not None:
-            self._cacheops = CacheOps(2 * cache.layers, cache.dtype, list(where.providers), self._device_type,
-                                      where.device_id, threads=threads or 1)
+            self._cacheops = CacheOps(len(cache.cache_tensors()), cache.dtype, list(where.providers),
+                                      self._device_type, where.device_id, threads=threads or 1)
             self._itemsize = np.dtype(cache.dtype).itemsize
+            sg = self._stream_graph
+            if sg.statics:
+                dtypes = {sg.graph.input(n).dtype for n in sg.statics}
+                if len(dtypes) != 1:
+                    raise ManifestError(f"the encoder's outputs fed to every step have dtypes {sorted(dtypes)}; the "
+                                        f"runtime gathers them as one")
+                self._staticops = CacheOps(len(sg.statics), dtypes.pop(), list(where.providers), self._device_type,
+                                           where.device_id, threads=threads or 1)
 
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -232,36 +258,44 @@ class Runtime:
         return self.placement.name
 
     def _streaming_spec(self) -> Tuple[Optional[_StreamGraph], Optional[str]]:
+        """The streaming graph as the task declares it, or why the export does not stream."""
         cache, task = self.manifest.cache, self.manifest.task
-        if cache is None:
-            return None, "the export has no KV cache (use predict)"
-        if task.get("kind") != "streaming_forecast":
-            return None, f"the export's task is {task.get('kind')!r}, not 'streaming_forecast'"
-        graph = self.manifest.graphs[cache.graph]
-        try:
-            inp, out = graph.input(task["input"]), graph.output(task["output"])
-        except KeyError as exc:
-            return None, f"the task names a tensor the graph lacks: {exc}"
-        seq = task.get("sequence_dim")
-        if inp.shape[:2] != (cache.batch_dim, seq) or any(not isinstance(d, int) for d in inp.shape[2:]):
-            return None, (f"input {inp.name!r} has shape {list(inp.shape)}; streams need ({cache.batch_dim!r}, "
-                          f"{seq!r}, fixed dims...)")
-        others = [t.name for t in graph.inputs if t.name != inp.name and t.name not in cache.past_names()]
+        if not task.streams:
+            return None, f"the export's task is {task.kind!r}, a stateless graph with no KV cache (use predict)"
+        if cache is None or cache.graph != task.graph:
+            return None, "the export has no KV cache on its step graph (use predict)"
+        graph = self.manifest.graphs[task.graph]
+        statics = tuple(dst for _, dst in task.encoder.feeds) if task.encoder else ()
+        known = set(task.input_names) | set(cache.past_names()) | set(statics) | {task.position}
+        others = [t.name for t in graph.inputs if t.name not in known]
         if others:
-            return None, f"the graph has inputs a stream cannot feed: {others}"
-        if not out.shape or out.shape[0] != cache.batch_dim:
-            return None, f"output {out.name!r} has shape {list(out.shape)}; its first dim must be the batch"
-        seq_axis = out.shape.index(seq) if seq in out.shape else None
-        extra = tuple(t.name for t in graph.outputs if t.name != out.name and t.name not in cache.present_names())
-        features = tuple(int(d) for d in inp.shape[2:])
-        return _StreamGraph(graph, cache, inp, out, features, seq_axis, extra), None
+            return None, f"the graph has inputs neither the task nor the cache feeds: {others}"
+        steps = []
+        for side, tensors, get in (("input", task.inputs, graph.input), ("output", task.outputs, graph.output)):
+            resolved = []
+            for t in tensors:
+                spec = get(t.name)
+                if not spec.shape or spec.shape[0] != cache.batch_dim:
+                    return None, f"{side} {t.name!r} has shape {list(spec.shape)}; its first dim must be the batch"
+                free = [d for i, d in enumerate(spec.shape) if isinstance(d, str) and i not in (0, t.time_axis)]
+                if side == "input" and free:
+                    return None, f"input {t.name!r} has symbolic dims {free} besides batch and time"
+                resolved.append((spec, t.time_axis))
+            steps.append(tuple(resolved))
+        first, axis = steps[0][0]
+        features = tuple(int(d) for d in first.shape[2:]) if len(steps[0]) == 1 and axis == 1 else None
+        encoder = self.manifest.graphs[task.encoder.graph] if task.encoder else None
+        return _StreamGraph(graph, cache, task, steps[0], steps[1], statics, encoder, task.position, features), None
 
     # ------------------------------------------------------------------------------------------------ streams
 
-    def open_stream(self, channels: int = 1) -> Stream:
+    def open_stream(self, channels: int = 1, inputs: Optional[Mapping[str, Any]] = None) -> Stream:
         """A new stream of ``channels`` rows (a C-channel series is C rows: the model is channel-independent).
 
-        Raises ``NotSupported`` (no cache), ``InputError`` (channels < 1, or one stream's full cache would exceed
+        ``inputs``: for an encoder-decoder (task kind ``seq2seq``), the encoder's inputs by name (the source
+        sequence, no batch axis for one row): the encoder runs once here and its outputs feed every step of the
+        stream. Raises ``NotSupported`` (no cache; encoder inputs for an export without an encoder),
+        ``InputError`` (channels < 1, bad encoder inputs, or one stream's full cache would exceed
         ``max_cache_bytes``), ``TooManyStreams`` (``max_streams`` open, all busy).
         """
         sg = self._streams_or_raise()
@@ -273,6 +307,7 @@ class Runtime:
             if need > self.max_cache_bytes:
                 raise InputError(f"a stream of {channels} channels needs up to {need} bytes of cache, more than "
                                  f"max_cache_bytes={self.max_cache_bytes}")
+        statics = self._encode(inputs, channels, sg)
         with self._lock:
             now = self._clock()
             self._sweep_locked(now)
@@ -283,24 +318,101 @@ class Runtime:
             stream_id = secrets.token_hex(8)
             while stream_id in self._streams or stream_id in self._evicted:
                 stream_id = secrets.token_hex(8)
-            stream = Stream(stream_id, channels, now)
+            stream = Stream(stream_id, channels, now, statics)
             self._streams[stream_id] = stream
             self._counters["opened"] += 1
         return stream
 
-    def append(self, stream: Union[Stream, str], observations: Any, timeout: Optional[float] = None) -> np.ndarray:
-        """Append observations to a stream and return the forecast after the last one.
+    def _encode(self, inputs: Optional[Mapping[str, Any]], rows: int, sg: _StreamGraph) -> Optional[List[Any]]:
+        """Run an encoder-decoder's encoder on a new stream's inputs; its outputs that feed the steps, on the
+        device (None for an export without an encoder)."""
+        enc = sg.task.encoder
+        if enc is None:
+            if inputs:
+                raise NotSupported(f"export {self.name!r} has no encoder: a stream opens without inputs")
+            return None
+        if not isinstance(inputs, Mapping):
+            raise InputError(f"export {self.name!r} is an encoder-decoder: open a stream with its encoder inputs "
+                             f"{[t.name for t in enc.inputs]} (inputs={{name: array}})")
+        arrays = self._batched(inputs, [sg.encoder.input(t.name) for t in enc.inputs], rows, "encoder input")
+        import onnxruntime as ort
 
-        ``observations``: ``(n, *features)`` for a one-channel stream (a scalar for one value of a univariate
-        model), ``(n, channels, *features)`` otherwise; numbers, finite, at most ``max_append``. Returns
-        ``(*out,)`` or ``(*out, channels)``, e.g. ``(horizon,)`` / ``(horizon, C)`` for the reference model.
-        Raises ``InputError``, ``TooManyValues``, ``UnknownStream``/``StreamEvicted``, ``Overloaded``.
+        session = self.sessions[enc.graph]
+        io = session.io_binding()
+        dev, dev_id = self._device_type, self.placement.device_id
+        for n, a in arrays.items():
+            io.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(a, dev, dev_id))
+        for src, _ in enc.feeds:
+            io.bind_output(src, dev, dev_id)
+        session.run_with_iobinding(io)
+        with self._lock:
+            self._counters["encoder_calls"] += 1
+        return list(io.get_outputs())
+
+    def append(self, stream: Union[Stream, str], observations: Any,
+               timeout: Optional[float] = None) -> Union[np.ndarray, Dict[str, np.ndarray]]:
+        """Append steps to a stream: with a mapping, return every step output for the new steps; with values, the
+        primary output after the last one (the reference model's forecast).
+
+        ``observations``, a mapping: the task's step inputs by name (``manifest.task.inputs``), each in the
+        graph's layout without the batch axis (with a leading axis of ``channels`` rows for a stream of several),
+        time on the task's axis, one or many steps; returns output name -> array alike (``StepResult.outputs``).
+        ``observations``, values (an export with one step input whose time axis follows the batch): ``(n,
+        *features)`` for a one-channel stream (a scalar for one value of a univariate model), ``(n, channels,
+        *features)`` otherwise; returns ``(*out,)`` or ``(*out, channels)``, e.g. ``(horizon,)`` / ``(horizon,
+        C)`` for the reference model. Numbers, finite, at most ``max_append`` steps.
+        Raises ``InputError``, ``TooManyValues``, ``CacheFull`` (a cache that does not slide would pass its
+        capacity: nothing is appended), ``UnknownStream``/``StreamEvicted``, ``Overloaded``.
         """
-        return self.submit(stream, observations).result(timeout).forecast
+        result = self.submit(stream, observations).result(timeout)
+        return result.outputs if isinstance(observations, Mapping) else result.forecast
+
+    def generate(self, stream: Union[Stream, str], n: int, *, top_k: Optional[int] = None,
+                 temperature: float = 1.0, seed: Optional[int] = None,
+                 timeout: Optional[float] = None) -> np.ndarray:
+        """Sample ``n`` tokens after the stream's last one and feed each back through the cache (a ``causal_lm``
+        export, one-row streams): greedy (``top_k`` None or 1: the most likely token) or top-k sampling at
+        ``temperature`` from ``numpy.random.default_rng(seed)``. The stream must hold at least one token (the
+        prompt, appended first). Returns the ``n`` token ids; the stream then holds them too. Raises
+        ``NotSupported`` (not a language model), ``InputError`` (bad arguments, empty stream), ``CacheFull``."""
+        sg = self._streams_or_raise()
+        if sg.task.kind != "causal_lm":
+            raise NotSupported(f"export {self.name!r} is a {sg.task.kind!r} task; generate needs a causal_lm")
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise InputError(f"n must be a positive integer; got {n!r}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise InputError(f"top_k must be a positive integer or None; got {top_k!r}")
+        if not (isinstance(temperature, (int, float)) and temperature > 0 and math.isfinite(temperature)):
+            raise InputError(f"temperature must be > 0; got {temperature!r}")
+        s = self.get_stream(stream)
+        if s.rows != 1:
+            raise InputError("generate samples one sequence: open the stream with channels=1")
+        if s._last is None:
+            raise InputError(f"stream {s.id!r} holds no token yet: append the prompt first")
+        rng = np.random.default_rng(seed)
+        spec, axis = sg.inputs[0]
+        tokens = []
+        logits = s._last
+        for _ in range(n):
+            if top_k is None or top_k == 1:
+                token = int(np.argmax(logits))
+            else:
+                k = min(top_k, logits.shape[-1])
+                top = np.argpartition(logits, -k)[-k:]
+                z = logits[top].astype(np.float64) / temperature
+                p = np.exp(z - z.max())
+                token = int(top[rng.choice(k, p=p / p.sum())])
+            tokens.append(token)
+            step = np.full([1 if i == axis - 1 else d for i, d in enumerate(spec.shape[1:])], token,
+                           dtype=spec.numpy_dtype)
+            self.submit(s, {spec.name: step}).result(timeout)
+            logits = self.get_stream(s)._last
+        return np.asarray(tokens, dtype=np.int64)
 
     def submit(self, stream: Union[Stream, str], observations: Any) -> "concurrent.futures.Future[StepResult]":
-        """Queue an append; the future resolves to a ``StepResult`` (or the error of the step). Input, unknown
-        streams and a full queue raise here, before anything is queued."""
+        """Queue an append (``append``'s ``observations``, a mapping or values); the future resolves to a
+        ``StepResult`` (or the error of the step). Input, unknown streams, a full cache and a full queue raise
+        here, before anything is queued."""
         return self._enqueue(stream, observations, None).future
 
     def append_async(self, stream: Union[Stream, str], observations: Any) -> "asyncio.Future[StepResult]":
@@ -316,7 +428,7 @@ class Runtime:
         if known is None:
             with self._lock:
                 known = self._get_locked(stream)  # raises UnknownStream / StreamEvicted
-        values = self._observations(observations, known.rows, sg)
+        inputs, n = self._step_inputs(observations, known.rows, sg)
         with self._lock:
             now = self._clock()
             self._sweep_locked(now)
@@ -328,8 +440,15 @@ class Runtime:
                 self._counters["rejected_overloaded"] += 1
                 raise Overloaded(f"{len(self._queue)} appends are queued (max_pending={self.max_pending})",
                                  retry_after=max(0.05, self.batch_window_s * 4))
-            request = _Append(s, values, loop)
+            if not sg.cache.sliding and not sg.cache.fits(s.observed + s._queued, n):
+                held = s.observed + s._queued
+                raise CacheFull(f"stream {s.id!r} holds {held} of the cache's {sg.cache.max_context} positions; "
+                                f"{n} more would pass its capacity (absolute positions: the cache does not slide). "
+                                f"Append at most {sg.cache.max_context - held} more, or close the stream and open "
+                                f"a new one; the stream is unchanged")
+            request = _Append(s, inputs, n, loop)
             s._pending += 1
+            s._queued += n
             s.last_used = now
             self._streams.move_to_end(s.id)
             self._queue.append(request)
@@ -372,6 +491,8 @@ class Runtime:
                 outputs: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
         """A stateless forward of ``graph`` (default: the only graph, or the cache graph).
 
+        For an encoder-decoder, the step graph's inputs may hold the encoder's inputs instead of what the encoder
+        feeds the steps: the encoder runs first (one forward over source and target, caches empty).
         ``inputs``: input name -> array (an array alone when the graph has one non-cache input). Dtypes and
         shapes are checked against the manifest (symbolic dims must agree across inputs, fixed dims match);
         values must be finite. Cache inputs that are not given are zero-length (a full forward from scratch);
@@ -380,6 +501,13 @@ class Runtime:
         """
         name = self._graph_name(graph)
         spec = self.manifest.graphs[name]
+        enc = self.manifest.task.encoder
+        if enc is not None and name == self.manifest.task.graph and isinstance(inputs, Mapping) \
+                and any(t.name in inputs for t in enc.inputs):  # an encoder-decoder: the encoder first
+            own = {t.name: inputs[t.name] for t in enc.inputs if t.name in inputs}
+            fed = self.predict(own, graph=enc.graph, outputs=[src for src, _ in enc.feeds])
+            inputs = dict({k: v for k, v in inputs.items() if k not in own},
+                          **{dst: fed[src] for src, dst in enc.feeds})
         cache = self.manifest.cache if self.manifest.cache and self.manifest.cache.graph == name else None
         past = set(cache.past_names()) if cache else set()
         present = set(cache.present_names()) if cache else set()
@@ -482,6 +610,49 @@ class Runtime:
             raise InputError(f"{what}: values outside the range of {np.dtype(dtype).name}")
         return arr.astype(dtype)
 
+    def _step_inputs(self, observations: Any, rows: int, sg: _StreamGraph) -> Tuple[Dict[str, np.ndarray], int]:
+        """An append's step inputs in the graph's layout (rows on axis 0) and the number of new steps."""
+        if isinstance(observations, Mapping):
+            arrays = self._batched(observations, [t for t, _ in sg.inputs], rows, "input")
+            n = int(next(iter(arrays.values())).shape[sg.inputs[0][1]])
+            if n == 0:
+                raise InputError("inputs are empty: append at least one step")
+            if n > self.max_append:
+                raise TooManyValues(f"{n} steps in one append; the limit is {self.max_append} (max_append)")
+            return arrays, n
+        if sg.features is None:
+            raise InputError(f"export {self.name!r} takes the step inputs {[t.name for t, _ in sg.inputs]}: pass a "
+                             f"mapping of input name -> array (inputs=...)")
+        arr = self._observations(observations, rows, sg)
+        return {sg.inputs[0][0].name: arr}, int(arr.shape[1])
+
+    def _batched(self, inputs: Mapping[str, Any], specs: Sequence[TensorSpec], rows: int,
+                 what: str) -> Dict[str, np.ndarray]:
+        """Named arrays of one stream (no batch axis for one row, a leading axis of ``rows`` for several) checked
+        against ``specs`` (names, dims, dtypes, finite) and returned in the graph's layout, batch first."""
+        names = [t.name for t in specs]
+        unknown = sorted(set(inputs) - set(names))
+        if unknown:
+            raise InputError(f"unknown {what}(s) {unknown}; this export takes {names}")
+        missing = [n for n in names if n not in inputs]
+        if missing:
+            raise InputError(f"missing {what}(s) {missing}; this export takes {names}")
+        sizes: Dict[str, int] = {}
+        out = {}
+        for t in specs:
+            arr = self._numbers(inputs[t.name], f"{what} {t.name!r}") if t.numpy_dtype.kind != "b" else \
+                np.asarray(inputs[t.name])
+            if rows == 1:
+                if arr.ndim != len(t.shape) - 1:
+                    raise InputError(f"{what} {t.name!r} has shape {tuple(arr.shape)}; a stream takes "
+                                     f"{list(t.shape[1:])} (the graph's {list(t.shape)} without the batch)")
+                arr = arr[None]
+            out[t.name] = self._tensor(arr, t, sizes, f"{what} {t.name!r}")
+        batch = self._stream_graph.cache.batch_dim if self._stream_graph else "batch"
+        if sizes.get(batch, rows) != rows:
+            raise InputError(f"{what}s have {sizes[batch]} rows; the stream has {rows} (channels)")
+        return out
+
     def _observations(self, observations: Any, rows: int, sg: _StreamGraph) -> np.ndarray:
         arr = self._numbers(observations, "observations")
         features = sg.features
@@ -497,7 +668,7 @@ class Runtime:
             raise InputError("observations are empty: append at least one value")
         if n > self.max_append:
             raise TooManyValues(f"{n} observations in one append; the limit is {self.max_append} (max_append)")
-        arr = self._finite(arr, sg.input.numpy_dtype, "observations")
+        arr = self._finite(arr, sg.inputs[0][0].numpy_dtype, "observations")
         if rows > 1:
             arr = np.moveaxis(arr, 1, 0)  # (rows, n, *features)
         else:
@@ -602,6 +773,7 @@ class Runtime:
             while self._queue:
                 r = self._queue.popleft()
                 r.stream._pending -= 1
+                r.stream._queued -= r.n
                 _resolve([(r, None, Overloaded("the runtime is shutting down"))])
             for s in list(self._streams.values()):
                 self._drop_locked(s)
@@ -641,8 +813,9 @@ class Runtime:
                         _resolve([(r, None, exc) for r in chunk])
 
     def _take_locked(self) -> List[List[_Append]]:
-        """The queued appends of distinct streams, grouped by (cache length, values per row); the rest stay."""
-        taken: Dict[Tuple[int, int], List[_Append]] = {}
+        """The queued appends of distinct streams, grouped by what one call needs alike (cache length, new steps,
+        the shapes of encoder outputs, the start position where the graph takes one); the rest stay."""
+        taken: Dict[Tuple, List[_Append]] = {}
         seen: set = set()
         keep: "collections.deque[_Append]" = collections.deque()
         while self._queue:
@@ -650,13 +823,15 @@ class Runtime:
             s = r.stream
             if s._closed:
                 s._pending -= 1
+                s._queued -= r.n
                 _resolve([(r, None, self._gone(s))])
                 continue
             if s.id in seen:
                 keep.append(r)  # a later append of a stream already in this round: next round, in order
                 continue
             seen.add(s.id)
-            taken.setdefault((s.length, r.values.shape[1]), []).append(r)
+            position = s.observed if self._stream_graph.position else 0  # one start position per call
+            taken.setdefault((s.length, r.n, s._static_key, position), []).append(r)
         self._queue = keep
         return list(taken.values())
 
@@ -704,7 +879,7 @@ class Runtime:
         return group, own[0] if len(group) == 1 else self._cacheops.gather(own)
 
     def _step(self, group: List[_Append]) -> None:
-        """One model call for ``group`` (same cache length, same number of new values), caches kept on device."""
+        """One model call for ``group`` (same cache length, same number of new steps), caches kept on device."""
         import onnxruntime as ort
 
         sg = self._stream_graph
@@ -712,41 +887,52 @@ class Runtime:
             gone = [(r, None, self._gone(r.stream)) for r in group if r.stream._closed]
             for r, _, _ in gone:
                 r.stream._pending -= 1
+                r.stream._queued -= r.n
             group = [r for r in group if not r.stream._closed]
             blocks = [r.stream._block for r in group]
         if gone:
             _resolve(gone)
         if not group:
             return
+        tensors = sg.cache.cache_tensors()
         try:
             group, past = self._past(group, blocks)
             rows = [r.stream.rows for r in group]
-            values = group[0].values if len(group) == 1 else np.concatenate([r.values for r in group], axis=0)
             session = self.sessions[sg.graph.name]
             io = session.io_binding()
             dev, dev_id = self._device_type, self.placement.device_id
-            io.bind_ortvalue_input(sg.input.name, ort.OrtValue.ortvalue_from_numpy(values, dev, dev_id))
+            for spec, _ in sg.inputs:
+                data = group[0].inputs[spec.name] if len(group) == 1 else \
+                    np.concatenate([r.inputs[spec.name] for r in group], axis=0)
+                io.bind_ortvalue_input(spec.name, ort.OrtValue.ortvalue_from_numpy(data, dev, dev_id))
+            if sg.position is not None:  # the absolute position of the first new step (alike in the group)
+                io.bind_cpu_input(sg.position, np.asarray(group[0].stream.observed, dtype=np.int64))
+            if sg.statics:
+                statics = group[0].stream._statics if len(group) == 1 else \
+                    self._staticops.gather([r.stream._statics for r in group])
+                for name, value in zip(sg.statics, statics):
+                    io.bind_ortvalue_input(name, value)
             for name, value in zip(sg.cache.past_names(), past):
                 io.bind_ortvalue_input(name, value)
-            io.bind_output(sg.output.name, "cpu")  # the forecast goes to the host; the caches stay on the device
+            for spec, _ in sg.outputs:  # step outputs go to the host; the caches stay on the device
+                io.bind_output(spec.name, "cpu")
             for name in sg.cache.present_names():
                 io.bind_output(name, dev, dev_id)
-            for name in sg.extra_outputs:
-                io.bind_output(name, "cpu")
             session.run_with_iobinding(io)
             out = io.get_outputs()
-            forecast = out[0].numpy()
-            block = _Block(list(out[1 : 1 + 2 * sg.cache.layers]), [r.stream for r in group])
+            k = len(sg.outputs)
+            results_host = [v.numpy() for v in out[:k]]
+            block = _Block(list(out[k : k + len(tensors)]), [r.stream for r in group])
             length = int(block.tensors[0].shape()[2])
         except Exception as exc:  # a failed step fails its appends, not the worker
             log.exception("step of %d stream(s) failed", len(group))
             with self._lock:
                 for r in group:
                     r.stream._pending -= 1
+                    r.stream._queued -= r.n
                 _resolve([(r, None, exc) for r in group])
             return
-        if sg.output_seq_axis is not None:
-            forecast = np.take(forecast, -1, axis=sg.output_seq_axis)  # (B, *out) after the last observation
+        primary_axis = sg.primary[1]
         results = []
         with self._lock:
             self._counters["model_calls"] += 1
@@ -758,15 +944,19 @@ class Runtime:
             for r, n_rows in zip(group, rows):
                 s = r.stream
                 s._pending -= 1
-                piece = forecast[start : start + n_rows]
+                s._queued -= r.n
+                pieces = [a[start : start + n_rows] for a in results_host]
                 start += n_rows
-                piece = piece[0] if n_rows == 1 else np.moveaxis(piece, 0, -1)
+                outputs = {spec.name: np.array(p[0] if n_rows == 1 else p) for (spec, _), p in zip(sg.outputs, pieces)}
+                last = np.take(pieces[0], -1, axis=primary_axis)  # (rows, *out) after the last new step
+                forecast = np.array(last[0] if n_rows == 1 else np.moveaxis(last, 0, -1))
                 if not s._closed:
                     self._cache_bytes += self._stream_bytes(n_rows, length) - self._stream_bytes(n_rows, s.length)
                     s._block = block
                     s.length = length
-                    s.observed += r.values.shape[1]
-                results.append((r, StepResult(np.array(piece), s.length, s.observed), None))
+                    s.observed += r.n
+                    s._last = forecast
+                results.append((r, StepResult(forecast, s.length, s.observed, outputs), None))
             if self.max_cache_bytes is not None:
                 while self._cache_bytes > self.max_cache_bytes and self._evict_lru_locked("max_cache_bytes"):
                     pass

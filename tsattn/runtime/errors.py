@@ -42,6 +42,13 @@ class StreamEvicted(UnknownStream):
     status = 410
 
 
+class CacheFull(ServingError):
+    """An append would take a stream past its cache's capacity (a cache that does not slide: absolute positions,
+    ``max_context`` in all); the stream is unchanged. Close it and open a new one to go on."""
+
+    status = 409
+
+
 class CapacityError(ServingError):
     """The runtime cannot take this now; try again after ``retry_after`` seconds."""
 
@@ -64,5 +71,5 @@ class TooManyStreams(CapacityError):
     status = 429
 
 
-__all__ = ["CapacityError", "InputError", "NotSupported", "Overloaded", "ServingError", "StreamEvicted",
+__all__ = ["CacheFull", "CapacityError", "InputError", "NotSupported", "Overloaded", "ServingError", "StreamEvicted",
            "TooManyStreams", "TooManyValues", "UnknownStream"]

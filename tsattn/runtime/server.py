@@ -3,15 +3,20 @@
     GET    /healthz                          liveness (never needs the token)
     GET    /v1/models                        the served export: name, task, graph inputs/outputs, cache, device
     POST   /v1/models/{name}/predict         {"inputs": {input: nested list}} -> {"outputs": {output: nested list}}
-    POST   /v1/streams                       {"channels": C} (optional) -> 201 {"id", "horizon", "max_context", ...}
-    POST   /v1/streams/{id}/observations     {"values": [v, ...] or [[v_c, ...], ...]} -> {"forecast", "length", ...}
+    POST   /v1/streams                       {"channels": C, "inputs": {...}} (both optional; inputs: an encoder-
+                                             decoder's encoder inputs) -> 201 {"id", "horizon", "max_context", ...}
+    POST   /v1/streams/{id}/observations     {"inputs": {name: nested list}} -> {"outputs": {name: nested list},
+                                             "length", "observed"}: every step output for the new steps, any
+                                             cached export; or {"values": [v, ...] or [[v_c, ...], ...]} ->
+                                             {"forecast", "length", ...}: the primary output after the last step
     DELETE /v1/streams/{id}                  204
     GET    /metrics                          Prometheus text: requests, latency, streams, cache bytes, evictions
     GET    /openapi.json                     the OpenAPI 3.1 schema (request and response bodies from pydantic models)
 
 Errors are JSON ``{"error": message, "type": kind, "status": code}``; bad input is never a 5xx: malformed JSON
 400; a body that is not the documented object, or wrong shapes, dtypes, NaN/Inf 422; too many values or a body over
-the size limit 413; an unknown stream 404 (410 once evicted, naming why); an unknown model 404; over capacity 503
+the size limit 413; an unknown stream 404 (410 once evicted, naming why); an unknown model 404; an append that would
+pass a non-sliding cache's capacity 409 (naming it; the stream is unchanged); over capacity 503
 (queue full, an append that timed out, predicts busy) or 429 (max_streams, all busy), both with ``Retry-After``; a
 missing or wrong bearer token 401. With a token (``create_app(token=...)``, ``tsattn-serve --token`` or the
 ``TSATTN_SERVE_TOKEN`` environment variable), every path but /healthz needs ``Authorization: Bearer <token>``.
@@ -81,12 +86,24 @@ def _schemas() -> Dict[str, Any]:
         model_config = ConfigDict(extra="forbid")
         channels: int = Field(1, ge=1, description="rows of the stream: a C-channel series is C channel-independent "
                                                    "rows")
+        inputs: Optional[Dict[str, Any]] = Field(
+            None, description="an encoder-decoder's encoder inputs by name (GET /v1/models: stream.encoder_inputs), "
+                              "nested lists without the batch axis: the encoder runs once, its outputs feed every "
+                              "step of the stream")
 
-    class ObservationsRequest(BaseModel):
+    class ValuesObservations(BaseModel):
         model_config = ConfigDict(extra="forbid")
         values: Union[Number, List[Number], List[List[Number]]] = Field(
             ..., description="new observations, oldest first: one number, a list of n numbers (one channel), or n "
-                             "lists of C numbers (C channels); finite; at most max_append per request")
+                             "lists of C numbers (C channels); finite; at most max_append per request. For an "
+                             "export with one step input whose time axis follows the batch (the reference model)")
+
+    class InputsObservations(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        inputs: Dict[str, Any] = Field(
+            ..., description="the task's step inputs by name (GET /v1/models: stream.inputs), each a nested list "
+                             "in the graph's layout without the batch axis (a leading axis of C rows for a "
+                             "C-channel stream), time on the declared axis, one or many steps")
 
     class PredictRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -99,6 +116,13 @@ def _schemas() -> Dict[str, Any]:
         channels: int
         horizon: Optional[int] = None
         max_context: Optional[int] = None
+
+    class OutputsResponse(BaseModel):
+        id: str
+        outputs: Dict[str, Any] = Field(..., description="every step output for the new steps, by name, in the "
+                                                         "graph's layout without the batch axis")
+        length: int = Field(..., description="positions in the stream's cache")
+        observed: int = Field(..., description="steps appended to the stream in all")
 
     class ForecastResponse(BaseModel):
         id: str
@@ -125,11 +149,12 @@ def _schemas() -> Dict[str, Any]:
         status: int
 
     return {m.__name__: m.model_json_schema(ref_template="#/components/schemas/{model}")
-            for m in (OpenStreamRequest, ObservationsRequest, PredictRequest, StreamInfo, ForecastResponse,
-                      PredictResponse, ModelsResponse, Health, ErrorResponse)}
+            for m in (OpenStreamRequest, ValuesObservations, InputsObservations, PredictRequest, StreamInfo,
+                      ForecastResponse, OutputsResponse, PredictResponse, ModelsResponse, Health, ErrorResponse)}
 
 
 ERRORS = {400: "malformed JSON", 401: "missing or wrong bearer token", 404: "unknown stream or model",
+          409: "the append would pass the capacity of a cache that does not slide; the stream is unchanged",
           410: "stream evicted", 413: "too many values or body too large",
           422: "wrong shape, dtype, NaN/Inf, or not the documented object",
           429: "max_streams reached, all streams busy (Retry-After)", 503: "over capacity (Retry-After)"}
@@ -142,13 +167,18 @@ def openapi(title: str, version: str, description: str) -> Dict[str, Any]:
     def ref(name: str) -> Dict[str, Any]:
         return {"$ref": f"#/components/schemas/{name}"}
 
+    def schema_of(names: str) -> Dict[str, Any]:
+        """``"A"`` -> a reference; ``"A|B"`` -> one of them."""
+        refs = [ref(n) for n in names.split("|")]
+        return refs[0] if len(refs) == 1 else {"oneOf": refs}
+
     def op(summary: str, tag: str, ok: int, ok_schema: Optional[str], errors: tuple, body: Optional[str] = None,
            params: tuple = (), ok_type: str = JSON) -> Dict[str, Any]:
         responses: Dict[str, Any] = {str(ok): {"description": "OK" if ok < 300 else "Created"}}
         if ok == 204:
             responses[str(ok)] = {"description": "No Content"}
         elif ok_schema:
-            responses[str(ok)]["content"] = {ok_type: {"schema": ref(ok_schema)}}
+            responses[str(ok)]["content"] = {ok_type: {"schema": schema_of(ok_schema)}}
         else:
             responses[str(ok)]["content"] = {ok_type: {"schema": {"type": "string"}}}
         for code in errors:
@@ -158,7 +188,7 @@ def openapi(title: str, version: str, description: str) -> Dict[str, Any]:
                                     for p in params]}
         if body:
             operation["requestBody"] = {"required": body != "OpenStreamRequest",
-                                        "content": {JSON: {"schema": ref(body)}}}
+                                        "content": {JSON: {"schema": schema_of(body)}}}
         return operation
 
     common = (401,)
@@ -168,11 +198,12 @@ def openapi(title: str, version: str, description: str) -> Dict[str, Any]:
                                  "ModelsResponse", common)},
         "/v1/models/{name}/predict": {"post": op("Stateless forward (caches empty)", "models", 200, "PredictResponse",
                                                  (400, 401, 404, 413, 422, 503), "PredictRequest", ("name",))},
-        "/v1/streams": {"post": op("Open a stream", "streams", 201, "StreamInfo", (400, 401, 422, 429),
-                                   "OpenStreamRequest")},
+        "/v1/streams": {"post": op("Open a stream (an encoder-decoder's with its encoder inputs)", "streams", 201,
+                                   "StreamInfo", (400, 401, 413, 422, 429), "OpenStreamRequest")},
         "/v1/streams/{stream_id}/observations": {"post": op(
-            "Append observations, get the forecast after the last one", "streams", 200, "ForecastResponse",
-            (400, 401, 404, 410, 413, 422, 503), "ObservationsRequest", ("stream_id",))},
+            "Append steps: {inputs} answers every step output for the new steps, {values} the primary output after "
+            "the last one", "streams", 200, "OutputsResponse|ForecastResponse",
+            (400, 401, 404, 409, 410, 413, 422, 503), "InputsObservations|ValuesObservations", ("stream_id",))},
         "/v1/streams/{stream_id}": {"delete": op("Close a stream", "streams", 204, None, (401, 404, 410),
                                                  params=("stream_id",))},
         "/metrics": {"get": op("Prometheus metrics (text format)", "service", 200, None, common,
@@ -344,7 +375,7 @@ def create_app(runtime: Runtime, *, token: Optional[str] = None, max_body_bytes:
         raise ValueError(f"max_body_bytes must be positive; got {max_body_bytes}")
     m = runtime.manifest
     cache = m.cache
-    horizon = m.task.get("horizon")
+    horizon = m.task.horizon
     predicts = threading.BoundedSemaphore(max_concurrent_predicts)
     metrics = Metrics(runtime)
     schema = openapi("tsattn-serve", m.versions.get("tsattn") or "0",
@@ -379,10 +410,32 @@ def create_app(runtime: Runtime, *, token: Optional[str] = None, max_body_bytes:
     def ok(body: Any, status: int = 200) -> Response:
         return Response(json.dumps(body), status_code=status, media_type=JSON)
 
+    def stream_contract() -> Optional[Dict[str, Any]]:
+        """What a stream takes and answers: step inputs and outputs without the batch axis, time axes counted
+        there; an encoder-decoder's encoder inputs (None: the export does not stream)."""
+        if runtime.streams_unsupported is not None:
+            return None
+        task = m.task
+
+        def described(graph: str, tensors) -> List[Dict[str, Any]]:
+            g = m.graphs[graph]
+            specs = {t.name: t for t in list(g.inputs) + list(g.outputs)}
+            return [{"name": t.name, "dtype": specs[t.name].dtype, "shape": list(specs[t.name].shape[1:]),
+                     "time_axis": None if t.time_axis is None else t.time_axis - 1} for t in tensors]
+
+        return {"kind": task.kind, "answer": task.answer, "time_dim": task.time_dim,
+                "inputs": described(task.graph, task.inputs), "outputs": described(task.graph, task.outputs),
+                "encoder_inputs": None if task.encoder is None else described(task.encoder.graph,
+                                                                                task.encoder.inputs),
+                "max_context": None if cache is None else cache.max_context,
+                "sliding": None if cache is None else cache.sliding,
+                "values_form": runtime._stream_graph.features is not None}
+
     def model_summary() -> Dict[str, Any]:
         return {
             "name": m.name,
-            "task": m.task,
+            "task": m.task.to_dict(),
+            "stream": stream_contract(),
             "source": {k: v for k, v in m.source.items() if k in ("kind", "target", "feature", "config", "seed")},
             "graphs": {n: {"inputs": [t.to_dict() for t in g.inputs], "outputs": [t.to_dict() for t in g.outputs]}
                        for n, g in m.graphs.items()},
@@ -420,24 +473,38 @@ def create_app(runtime: Runtime, *, token: Optional[str] = None, max_body_bytes:
 
     async def open_stream(request: Request) -> Response:
         data = await json_body(request, required=False)
-        fields(data, ("channels",))
+        fields(data, ("channels", "inputs"))
         channels = data.get("channels", 1)
         if isinstance(channels, bool) or not isinstance(channels, int):
             raise HttpError(422, f"channels: expected an integer, got {json.dumps(channels)}", "invalid_request")
-        stream = runtime.open_stream(channels)
+        inputs = data.get("inputs")
+        if inputs is not None and not isinstance(inputs, dict):
+            raise HttpError(422, "inputs: expected an object of encoder input name -> nested list", "invalid_request")
+        stream = runtime.open_stream(channels, inputs) if inputs is not None else runtime.open_stream(channels)
         return ok({"id": stream.id, "model": m.name, "channels": stream.rows, "horizon": horizon,
                    "max_context": None if cache is None else cache.max_context}, 201)
 
     async def observations(request: Request) -> Response:
         stream_id = request.path_params["stream_id"]
         data = await json_body(request, required=True)
-        fields(data, ("values",), ("values",))
-        future = runtime.append_async(stream_id, data["values"])
+        fields(data, ("values", "inputs"))
+        if len(data) != 1:
+            raise HttpError(422, "expected exactly one of 'inputs' (step inputs by name) or 'values'",
+                            "invalid_request")
+        if "inputs" in data and not isinstance(data["inputs"], dict):
+            raise HttpError(422, "inputs: expected an object of step input name -> nested list", "invalid_request")
+        if isinstance(data.get("values"), dict):
+            raise HttpError(422, "values: expected numbers (a number or nested lists), got an object; step inputs "
+                                 "by name go in 'inputs'", "invalid_request")
+        future = runtime.append_async(stream_id, data.get("inputs", data.get("values")))
         try:
             result = await _within(future, append_timeout_s)
         except asyncio.TimeoutError:
             raise Overloaded(f"the append did not run within {append_timeout_s:g} s; it may still be applied "
                              f"(check 'observed' on the next append)", retry_after=1.0) from None
+        if "inputs" in data:
+            return ok({"id": stream_id, "outputs": {k: _floats(v) for k, v in result.outputs.items()},
+                       "length": result.length, "observed": result.observed})
         return ok({"id": stream_id, "forecast": _floats(result.forecast), "length": result.length,
                    "observed": result.observed})
 
