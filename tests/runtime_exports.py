@@ -121,3 +121,27 @@ def http_stream_in_chunks(client, manifest, inputs: Dict[str, np.ndarray],
         start += n
     assert client.delete(f"/v1/streams/{stream}").status_code == 204
     return {k: np.concatenate(v, axis=axes_out[k]) for k, v in pieces.items()}
+
+
+def hephaestus_export(root: Path) -> Path:
+    """The Hephaestus look-alike injected with ``efficient`` and exported with local attention (window 3): a
+    ``sequence`` task with two step inputs and outputs, time on axis 2, and a cache that does not slide (1024
+    absolute positions). About 10 s."""
+    from tsattn.examples import lookalike_repo
+    from tsattn.export import cli
+    from tsattn.injector import engine
+
+    patched = lookalike_repo("hephaestus_lookalike", root / "patched")
+    engine.inject(patched, "efficient", patch_out=root / "efficient.patch")
+    out = root / "hephaestus"
+    assert cli.main(["--target", str(patched), "--feature", "efficient", "--out", str(out), "--set",
+                     "attention_type=local", "--set", 'attention_kwargs={"window_size": 3}']) == 0
+    return out
+
+
+def hephaestus_steps(n: int, rows: int = 1, seed: int = 0) -> Dict[str, np.ndarray]:
+    """n time steps of the look-alike's 3 numeric and 1 categorical column (token ids tok0..tok3), graph layout
+    (rows, columns, n)."""
+    rng = np.random.default_rng(seed)
+    return {"numeric_inputs": rng.normal(size=(rows, 3, n)).astype(np.float32),
+            "categorical_inputs": rng.integers(8, 12, size=(rows, 1, n)).astype(np.float32)}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from runtime_exports import cacheless_export, reference_export
+from runtime_exports import cacheless_export, hephaestus_export, hephaestus_steps, reference_export
 from servers import infer_inputs, stream_sequence, tsattn_serve
 from tsattn.runtime import load
 from tsattn.runtime.oip import OipError, parse_infer
@@ -59,29 +59,35 @@ def _chunks(x, sizes):
     return out
 
 
-def _runtime_stream(export_dir, x, sizes):
-    """The runtime's stream over the same chunks: the forecast after each chunk, (rows, horizon)."""
+def _runtime_stream(export_dir, chunks, rows):
+    """The runtime's stream over the same chunks (graph layout, batch first): each chunk's step outputs, batch
+    first, through ``append(stream, inputs)``."""
     with load(export_dir, device="cpu") as rt:
-        stream = rt.open_stream(channels=x.shape[0])
-        answers, start = [], 0
-        for n in sizes:
-            f = rt.append(stream, x[:, start : start + n].T if x.shape[0] > 1 else x[0, start : start + n])
-            answers.append(f.T if x.shape[0] > 1 else f[None])
-            start += n
+        stream = rt.open_stream(channels=rows)
+        answers = []
+        for chunk in chunks:
+            out = rt.append(stream, {k: v[0] if rows == 1 else v for k, v in chunk.items()})
+            answers.append({k: v[None] if rows == 1 else v for k, v in out.items()})
         return answers
 
 
 @pytest.mark.parametrize("rows,binary", [(2, True), (1, False)])
 def test_a_sequence_streams_like_the_runtime(served, ref, rows, binary):
-    """start, uneven appends, end: each answer's forecast after the last new step equals the runtime's stream."""
+    """start, uneven appends, end: every answer holds the outputs of its new steps, equal to the runtime's
+    stream over the same chunks, and its last step to the forecast the values form answers."""
     x = np.random.default_rng(rows).normal(size=(rows, sum(CHUNKS))).astype(np.float32)
-    answers = stream_sequence(served, "reference", _chunks(x, CHUNKS), sequence_id=40 + rows, outputs=["forecast"],
+    chunks = _chunks(x, CHUNKS)
+    answers = stream_sequence(served, "reference", chunks, sequence_id=40 + rows, outputs=["forecast"],
                               binary=binary, headers=auth())
-    want = _runtime_stream(ref[0], x, CHUNKS)
-    for got, expected in zip(answers, want):
-        f = got["forecast"]
-        assert f.dtype == np.float32 and f.shape[0] == rows and f.shape[-1] == 5
-        assert np.abs(f[:, -1] - expected).max() <= 1e-5
+    want = _runtime_stream(ref[0], chunks, rows)
+    with load(ref[0], device="cpu") as rt:
+        stream = rt.open_stream(channels=rows)
+        for chunk, got, expected in zip(chunks, answers, want):
+            f = got["forecast"]
+            assert f.dtype == np.float32 and f.shape == (rows, chunk["values"].shape[1], 5)
+            assert np.abs(f - expected["forecast"]).max() <= 1e-5
+            last = rt.append(stream, chunk["values"].T if rows > 1 else chunk["values"][0])
+            assert np.abs(f[:, -1] - (last.T if rows > 1 else last[None])).max() <= 1e-5
     # the sequence ended: a further request without START is refused, as Triton refuses it
     with pytest.raises(InferenceServerException, match="START flag"):
         served.infer("reference", infer_inputs({"values": x[:, :2]}, binary), sequence_id=40 + rows, headers=auth())
@@ -90,18 +96,19 @@ def test_a_sequence_streams_like_the_runtime(served, ref, rows, binary):
 def test_interleaved_sequences_and_a_restart_keep_their_own_caches(served, ref):
     rng = np.random.default_rng(7)
     a, b = (rng.normal(size=(1, 12)).astype(np.float32) for _ in range(2))
-    want_a, want_b = _runtime_stream(ref[0], a, (4, 8)), _runtime_stream(ref[0], b, (5, 7))
+    want_a = _runtime_stream(ref[0], _chunks(a, (4, 8)), 1)
+    want_b = _runtime_stream(ref[0], _chunks(b, (5, 7)), 1)
 
     def send(x, piece, seq, start, end=False):
         r = served.infer("reference", infer_inputs({"values": x[:, piece]}, True), sequence_id=seq,
                          sequence_start=start, sequence_end=end, headers=auth())
-        return r.as_numpy("forecast")[:, -1]
+        return r.as_numpy("forecast")
 
     send(b, slice(0, 3), "b-seq", True)  # a string id, restarted below: its first steps are dropped
-    assert np.abs(send(a, slice(0, 4), 9, True) - want_a[0]).max() <= 1e-5
-    assert np.abs(send(b, slice(0, 5), "b-seq", True) - want_b[0]).max() <= 1e-5
-    assert np.abs(send(a, slice(4, 12), 9, False, True) - want_a[1]).max() <= 1e-5
-    assert np.abs(send(b, slice(5, 12), "b-seq", False, True) - want_b[1]).max() <= 1e-5
+    assert np.abs(send(a, slice(0, 4), 9, True) - want_a[0]["forecast"]).max() <= 1e-5
+    assert np.abs(send(b, slice(0, 5), "b-seq", True) - want_b[0]["forecast"]).max() <= 1e-5
+    assert np.abs(send(a, slice(4, 12), 9, False, True) - want_a[1]["forecast"]).max() <= 1e-5
+    assert np.abs(send(b, slice(5, 12), "b-seq", False, True) - want_b[1]["forecast"]).max() <= 1e-5
 
 
 def test_stateless_infer_is_predict(served, ref):
@@ -287,9 +294,9 @@ def test_grpc_streams_the_same_sequence_as_http(urls, served, ref):
                                     headers=auth())
         over_http = stream_sequence(served, "reference", _chunks(x, CHUNKS), sequence_id=78, outputs=["forecast"],
                                     headers=auth())
-        for g, h, want in zip(over_grpc, over_http, _runtime_stream(ref[0], x, CHUNKS)):
+        for g, h, want in zip(over_grpc, over_http, _runtime_stream(ref[0], _chunks(x, CHUNKS), 2)):
             assert np.array_equal(g["forecast"], h["forecast"])
-            assert np.abs(g["forecast"][:, -1] - want).max() <= 1e-5
+            assert np.abs(g["forecast"] - want["forecast"]).max() <= 1e-5
         with pytest.raises(InferenceServerException, match="START flag") as info:
             client.infer("reference", infer_inputs({"values": x[:, :1]}, True, grpcclient), sequence_id=77,
                          headers=auth())
@@ -305,3 +312,50 @@ def test_grpc_streams_the_same_sequence_as_http(urls, served, ref):
     metrics = httpclient.InferenceServerClient(urls.http)
     text = metrics._get("metrics", headers=auth(), query_params=None).read().decode()
     assert 'route="grpc:ModelInfer"' in text
+
+
+# ---------------------------------------------------------------------------------------------------- Hephaestus
+
+
+@pytest.fixture(scope="module")
+def heph(tmp_path_factory):
+    return hephaestus_export(tmp_path_factory.mktemp("oip-heph"))
+
+
+def _time_chunks(x, sizes, axis=2):
+    chunks, start = [], 0
+    for n in sizes:
+        chunks.append({k: np.take(v, range(start, start + n), axis=axis) for k, v in x.items()})
+        start += n
+    return chunks
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+def test_hephaestus_streams_through_oip_like_the_runtime(heph, rows):
+    """The export's task contract (two step inputs and outputs, time on axis 2): a sequence of uneven requests
+    gives every new step's outputs as the runtime's stream does, and as one stateless forward over the whole."""
+    x = hephaestus_steps(sum(CHUNKS), rows=rows, seed=rows)
+    chunks = _time_chunks(x, CHUNKS)
+    outputs = ["numeric", "categorical"]
+    with tsattn_serve(heph) as urls:
+        client = httpclient.InferenceServerClient(urls.http, network_timeout=60)
+        meta = client.get_model_metadata("hephaestus-local")
+        assert [(t["name"], t["shape"]) for t in meta["inputs"]] == [("numeric_inputs", [-1, 3, -1]),
+                                                                     ("categorical_inputs", [-1, 1, -1])]
+        assert [t["name"] for t in meta["outputs"]] == outputs
+        answers = stream_sequence(client, "hephaestus-local", chunks, sequence_id=5, outputs=outputs)
+        stateless = client.infer("hephaestus-local", infer_inputs(x, True))
+        # past the capacity of a cache that does not slide: 409, naming it; the sequence is unchanged
+        with pytest.raises(InferenceServerException, match="1024 positions") as info:
+            client.infer("hephaestus-local", infer_inputs(hephaestus_steps(1025, rows=rows), True),
+                         sequence_id=6, sequence_start=True)
+        assert info.value.status() == "409"
+        client.close()
+    want = _runtime_stream(heph, chunks, rows)
+    for chunk, got, expected in zip(chunks, answers, want):
+        for name in outputs:
+            assert got[name].shape == expected[name].shape and got[name].shape[2] == chunk["numeric_inputs"].shape[2]
+            assert np.abs(got[name] - expected[name]).max() <= 1e-5
+    for name in outputs:
+        whole = np.concatenate([a[name] for a in answers], axis=2)
+        assert np.abs(whole - stateless.as_numpy(name)).max() <= 1e-4

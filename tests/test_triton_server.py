@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime_exports import cacheless_export, reference_export
+from runtime_exports import cacheless_export, hephaestus_export, hephaestus_steps, reference_export
 from servers import (infer_inputs, python_backend_dir, stream_sequence, triton_install, tritonserver,
                      tsattn_serve)
 from tsattn.export.triton import write_triton_repo
@@ -25,21 +25,6 @@ pytestmark = [pytest.mark.skipif(ROOT is None, reason=WHY), pytest.mark.usefixtu
 
 CHUNKS = (1, 3, 1, 7, 2, 5)
 LOG = Path("/tmp/tsattn-tests-tritonserver.log")
-
-
-def hephaestus_export(root: Path) -> Path:
-    """The Hephaestus look-alike injected with ``efficient`` and exported with local attention (a cache that does
-    not slide: absolute positions)."""
-    from tsattn.examples import lookalike_repo
-    from tsattn.export import cli
-    from tsattn.injector import engine
-
-    patched = lookalike_repo("hephaestus_lookalike", root / "patched")
-    engine.inject(patched, "efficient", patch_out=root / "efficient.patch")
-    out = root / "hephaestus"
-    assert cli.main(["--target", str(patched), "--feature", "efficient", "--out", str(out), "--set",
-                     "attention_type=local", "--set", 'attention_kwargs={"window_size": 3}']) == 0
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +44,7 @@ def triton(exports):
         pytest.skip(why)
     repo = root / "models"
     for name in ("reference", "window", "hephaestus"):
-        write_triton_repo(exports[name], repo, backend="python", model_name=name)
+        write_triton_repo(exports[name], repo, backend="python")  # named as the export is: the same client code
     log = root / "tritonserver.log"
     try:
         with tritonserver(ROOT, backends, repo, log) as url:
@@ -82,7 +67,7 @@ def _sequence(x, sizes):
 def test_tritonserver_loads_both_entries(triton):
     assert triton.is_server_ready()
     index = {m["name"]: m.get("state") for m in triton.get_model_repository_index()}
-    assert index == {"reference": "READY", "window": "READY", "hephaestus": "READY"}
+    assert index == {"reference": "READY", "window": "READY", "hephaestus-local": "READY"}
     meta = triton.get_model_metadata("reference")
     assert [(t["name"], t["datatype"], t["shape"]) for t in meta["inputs"]] == [("values", "FP32", [-1, -1])]
     assert [(t["name"], t["shape"]) for t in meta["outputs"]] == [("forecast", [-1, -1, 5])]
@@ -103,10 +88,10 @@ def test_the_same_client_streams_the_same_outputs_from_triton_and_tsattn_serve(t
     with load(exports["reference"], device="cpu") as rt:
         stream = rt.open_stream(channels=2)
         for chunk, t, s in zip(chunks, from_triton, from_tsattn):
-            want = rt.append(stream, chunk["values"].T).T  # (rows, horizon) after the chunk's last step
-            assert t["forecast"].shape == (2, chunk["values"].shape[1], 5)  # every new step, as the graph gives it
-            assert np.abs(t["forecast"][:, -1] - want).max() <= 1e-5
-            assert np.abs(s["forecast"][:, -1] - t["forecast"][:, -1]).max() <= 1e-5
+            want = rt.append(stream, {"values": chunk["values"]})["forecast"]  # (rows, n, horizon): every new step
+            assert t["forecast"].shape == s["forecast"].shape == want.shape == (2, chunk["values"].shape[1], 5)
+            assert np.abs(t["forecast"] - want).max() <= 1e-5
+            assert np.abs(s["forecast"] - t["forecast"]).max() <= 1e-5
 
 
 def test_triton_refuses_a_sequence_that_was_not_started_and_frees_ended_ones(triton):
@@ -128,29 +113,30 @@ def test_a_stateless_entry_answers_plain_infer(triton, exports):
     assert np.abs(r.as_numpy("y") - want).max() <= 1e-4
 
 
-def _hephaestus_sequence(n: int, rng) -> dict:
-    """n time steps of the look-alike's 3 numeric and 1 categorical column (token ids), one row."""
-    numeric = rng.normal(size=(1, 3, n)).astype(np.float32)
-    categorical = rng.integers(8, 12, size=(1, 1, n)).astype(np.float32)  # tok0..tok3
-    return {"numeric_inputs": numeric, "categorical_inputs": categorical}
-
-
-def test_the_same_client_streams_hephaestus_through_triton(triton, exports):
-    """start, uneven appends, end on the Hephaestus export: every step's outputs equal one stateless forward over
-    the whole sequence (its time axis is 2: (batch, columns, seq))."""
-    x = _hephaestus_sequence(sum(CHUNKS), np.random.default_rng(4))
+def test_the_same_client_streams_hephaestus_through_triton_and_tsattn_serve(triton, exports):
+    """start, uneven appends, end on the Hephaestus export (two step inputs and outputs, time on axis 2): Triton's
+    answers equal the runtime's stream and tsattn-serve's answers to the same calls, and together one stateless
+    forward over the whole sequence."""
+    x = hephaestus_steps(sum(CHUNKS), seed=4)
     chunks, start = [], 0
     for n in CHUNKS:
         chunks.append({k: v[:, :, start : start + n] for k, v in x.items()})
         start += n
     outputs = ["numeric", "categorical"]
-    answers = stream_sequence(triton, "hephaestus", chunks, sequence_id=202, outputs=outputs)
+    from_triton = stream_sequence(triton, "hephaestus-local", chunks, sequence_id=202, outputs=outputs)
+    with tsattn_serve(exports["hephaestus"]) as urls:
+        client = httpclient.InferenceServerClient(urls.http, network_timeout=60)
+        from_tsattn = stream_sequence(client, "hephaestus-local", chunks, sequence_id=202, outputs=outputs)
+        client.close()
     with load(exports["hephaestus"], device="cpu") as rt:
         full = rt.predict(x)
-    start = 0
-    for n, got in zip(CHUNKS, answers):
-        for name in outputs:
-            want = full[name][:, :, start : start + n]
-            assert got[name].shape == want.shape
-            assert np.abs(got[name] - want).max() <= 1e-4
-        start += n
+        stream = rt.open_stream()
+        for chunk, t, s in zip(chunks, from_triton, from_tsattn):
+            want = rt.append(stream, {k: v[0] for k, v in chunk.items()})
+            for name in outputs:
+                assert t[name].shape == s[name].shape == (1, *want[name].shape)
+                assert np.abs(t[name][0] - want[name]).max() <= 1e-5
+                assert np.abs(s[name] - t[name]).max() <= 1e-5
+    for name in outputs:
+        whole = np.concatenate([a[name] for a in from_triton], axis=2)
+        assert np.abs(whole - full[name]).max() <= 1e-4

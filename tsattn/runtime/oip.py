@@ -255,38 +255,50 @@ def _v2_shape(shape: Sequence) -> List[int]:
 
 
 class _Model:
-    """What OIP serves of the runtime's export: the tensors a request carries, and how a sequence step maps onto
-    the runtime's stream append."""
+    """What OIP serves of the runtime's export, read from the manifest's task contract (``manifest.task``): the
+    tensors a sequence request carries (the task's step inputs and outputs; for an encoder-decoder also the
+    encoder's inputs, on ``sequence_start`` only) and those of a stateless request (the predict graph's inputs and
+    outputs without the cache), each in the graph's layout with the batch axis first."""
 
     def __init__(self, runtime: Runtime) -> None:
         m = runtime.manifest
+        task = m.task
         self.runtime = runtime
         self.name = m.name
         self.streams = runtime.streams_unsupported is None
         cache = m.cache
-        graph = m.graphs[cache.graph if self.streams else runtime._graph_name(None)]
         hidden = set(cache.past_names()) | set(cache.present_names()) if cache is not None else set()
-        self.graph = graph
-        self.inputs = [t for t in graph.inputs if t.name not in hidden]
-        self.outputs = [t for t in graph.outputs if t.name not in hidden]
+        self.graph = m.graphs[task.graph if self.streams else runtime._graph_name(None)]
+        self.predict_inputs = [t for t in self.graph.inputs if t.name not in hidden]
+        self.predict_outputs = [t for t in self.graph.outputs if t.name not in hidden]
+        self.encoder_inputs: List[Any] = []
+        if self.streams:
+            self.inputs = [self.graph.input(t.name) for t in task.inputs]
+            self.outputs = [self.graph.output(t.name) for t in task.outputs]
+            if task.encoder is not None:
+                encoder = m.graphs[task.encoder.graph]
+                self.encoder_inputs = [encoder.input(t.name) for t in task.encoder.inputs]
+        else:
+            self.inputs, self.outputs = self.predict_inputs, self.predict_outputs
 
     def metadata(self) -> Dict[str, Any]:
         def tensor(t) -> Dict[str, Any]:
             return {"name": t.name, "datatype": NUMPY_TO_V2[t.dtype], "shape": _v2_shape(t.shape)}
 
         return {"name": self.name, "versions": [VERSION], "platform": "onnxruntime_onnx",
-                "inputs": [tensor(t) for t in self.inputs], "outputs": [tensor(t) for t in self.outputs]}
+                "inputs": [tensor(t) for t in self.inputs + self.encoder_inputs],
+                "outputs": [tensor(t) for t in self.outputs]}
 
-    def check(self, inputs: Mapping[str, np.ndarray]) -> None:
-        """The request's inputs are the model's, with the graph's datatype and rank (the runtime checks dims)."""
-        names = [t.name for t in self.inputs]
+    def check(self, inputs: Mapping[str, np.ndarray], specs: Sequence[Any], what: str) -> None:
+        """The request's inputs are ``specs``, with the graph's datatype and rank (the runtime checks dims)."""
+        names = [t.name for t in specs]
         unknown = sorted(set(inputs) - set(names))
         if unknown:
-            raise OipError(422, f"unknown input(s) {unknown}; model {self.name!r} takes {names}")
+            raise OipError(422, f"unknown input(s) {unknown}; {what} of model {self.name!r} takes {names}")
         missing = [n for n in names if n not in inputs]
         if missing:
-            raise OipError(422, f"missing input(s) {missing} of model {self.name!r}")
-        for t in self.inputs:
+            raise OipError(422, f"missing input(s) {missing}; {what} of model {self.name!r} takes {names}")
+        for t in specs:
             a = inputs[t.name]
             if a.dtype != np.dtype(t.dtype):
                 raise OipError(422, f"input {t.name!r}: datatype {NUMPY_TO_V2[a.dtype.name]}; model {self.name!r} "
@@ -295,6 +307,17 @@ class _Model:
                 raise OipError(422, f"input {t.name!r} has shape {list(a.shape)}; model {self.name!r} expects "
                                     f"{_v2_shape(t.shape)}")
 
+    def split(self, inputs: Mapping[str, np.ndarray], start: bool) -> Tuple[Dict[str, np.ndarray],
+                                                                            Optional[Dict[str, np.ndarray]]]:
+        """A sequence request's step inputs, and on ``sequence_start`` of an encoder-decoder its encoder inputs."""
+        encoder_names = {t.name for t in self.encoder_inputs}
+        if start and self.encoder_inputs:
+            self.check(inputs, self.inputs + self.encoder_inputs, "the first request of a sequence")
+            return ({k: v for k, v in inputs.items() if k not in encoder_names},
+                    {k: v for k, v in inputs.items() if k in encoder_names})
+        self.check(inputs, self.inputs, "a request of a sequence" + (" after its first" if encoder_names else ""))
+        return dict(inputs), None
+
     def rows(self, inputs: Mapping[str, np.ndarray]) -> int:
         rows = {a.shape[0] for a in inputs.values()}
         if len(rows) != 1 or 0 in rows:
@@ -302,20 +325,15 @@ class _Model:
                                 f"{ {n: list(a.shape) for n, a in inputs.items()} }")
         return rows.pop()
 
-    def step_values(self, inputs: Mapping[str, np.ndarray], rows: int) -> Any:
-        """The runtime append's observations for a sequence request's inputs (graph layout, batch first)."""
-        (array,) = inputs.values()
-        steps = np.moveaxis(array, 0, 1)  # (n, rows, *features)
-        return steps[:, 0] if rows == 1 else steps
+    @staticmethod
+    def unbatched(arrays: Mapping[str, np.ndarray], rows: int) -> Dict[str, np.ndarray]:
+        """The runtime's stream layout: the graph's without the batch axis for one row, with it for several."""
+        return {k: v[0] if rows == 1 else v for k, v in arrays.items()}
 
-    def step_outputs(self, result, rows: int) -> Dict[str, np.ndarray]:
-        """The sequence request's outputs (graph layout, batch first) from the runtime's step result: the primary
-        output after the last new step, as one step of the graph's output."""
-        (out,) = [t for t in self.outputs][:1]
-        forecast = np.asarray(result.forecast)
-        piece = forecast[None] if rows == 1 else np.moveaxis(forecast, -1, 0)  # (rows, *out)
-        seq = self.runtime._stream_graph.output_seq_axis
-        return {out.name: piece if seq is None else np.expand_dims(piece, seq)}
+    @staticmethod
+    def batched(arrays: Mapping[str, np.ndarray], rows: int) -> Dict[str, np.ndarray]:
+        """Back to the graph's layout, batch first."""
+        return {k: np.asarray(v)[None] if rows == 1 else np.asarray(v) for k, v in arrays.items()}
 
 
 # ---------------------------------------------------------------------------------------------------- sequences
@@ -344,12 +362,13 @@ class Sequences:
                                 f"{json.dumps(value)}")
         return ("i", value) if isinstance(value, int) else ("s", value)
 
-    def start(self, key, rows: int) -> str:
+    def start(self, key, rows: int, inputs: Optional[Dict[str, np.ndarray]] = None) -> str:
+        """Open the sequence's stream (``inputs``: an encoder-decoder's encoder inputs, the stream's layout)."""
         with self._lock:
             old = self._streams.pop(key, None)
         if old is not None:
             self._close(old)
-        stream = self.runtime.open_stream(rows)
+        stream = self.runtime.open_stream(rows) if inputs is None else self.runtime.open_stream(rows, inputs=inputs)
         with self._lock:
             self._streams[key] = stream.id
             if len(self._streams) > 2 * self.runtime.max_streams:
@@ -427,24 +446,28 @@ class Service:
     def begin(self, inputs: Dict[str, np.ndarray], parameters: Mapping[str, Any]) -> Step:
         """Check a request's inputs and sequence parameters; open or find its stream (``sequence_start``)."""
         model = self.model
-        model.check(inputs)
         key = Sequences.key(parameters)
         if key is None:
+            model.check(inputs, model.predict_inputs, "a request without a sequence_id (a stateless forward)")
             return Step(inputs)
         if not model.streams:
             raise NotSupported(f"model {model.name!r} does not stream: {self.runtime.streams_unsupported}; send the "
                                f"request without a sequence_id")
-        rows = model.rows(inputs)
         start = _flag(parameters, "sequence_start", "parameters")
         end = _flag(parameters, "sequence_end", "parameters")
-        stream_id = self.sequences.start(key, rows) if start else self.sequences.get(key, model.name)
+        steps, encoder = model.split(inputs, start)
+        rows = model.rows(inputs)
+        if start:
+            stream_id = self.sequences.start(key, rows, None if encoder is None else model.unbatched(encoder, rows))
+        else:
+            stream_id = self.sequences.get(key, model.name)
         step = Step(inputs, key, stream_id, rows, end)
         try:
             stream = self.runtime.get_stream(stream_id)
             if stream.rows != rows:
                 raise OipError(422, f"sequence {key[1]!r} has {stream.rows} rows (its first request's batch); this "
                                     f"request has {rows}")
-            step.values = model.step_values(inputs, rows)
+            step.values = model.unbatched(steps, rows)
         except BaseException as exc:
             self.after(step, exc)
             raise
@@ -490,7 +513,7 @@ class Service:
             raise
         finally:
             self.after(step, error)
-        return self.model.step_outputs(result, step.rows)
+        return self.model.batched(result.outputs, step.rows)
 
     def infer_blocking(self, step: Step) -> Dict[str, np.ndarray]:
         """``infer`` for a caller on a thread (the gRPC server's)."""
@@ -509,7 +532,7 @@ class Service:
             raise
         finally:
             self.after(step, error)
-        return self.model.step_outputs(result, step.rows)
+        return self.model.batched(result.outputs, step.rows)
 
     def server_metadata(self) -> Dict[str, Any]:
         from tsattn import __version__
