@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from runtime_exports import TINY, cacheless_export, reference_export
+from runtime_exports import TINY, cacheless_export, chunk_sizes, reference_export
 from tsattn.export import cli
 from tsattn.export.manifest import CacheSpec, load_manifest
 from tsattn.export.triton import TritonRepoError, state_names, state_names_safe, write_triton_repo
@@ -64,10 +64,10 @@ def test_config_parses_with_tritons_model_config_protobuf(ref, repo):
     assert config.instance_group[0].count == 1
 
 
-def test_the_wrapped_model_has_what_the_onnxruntime_backend_checks(repo):
-    """Its inputs are exactly the config's inputs + controls + states (the backend's expected input count), control
-    inputs have shape [1] and their config dtype, state outputs exist with the state dtype."""
-    entry, config = repo
+def backend_checks(entry, config) -> None:
+    """What Triton's ONNX Runtime backend checks when it loads a sequence model: the model's inputs are exactly the
+    config's inputs + controls + states (its expected input count), control inputs have shape [1] and their config
+    dtype, state inputs and outputs exist with the state dtype, every configured output exists."""
     session = ort.InferenceSession(str(entry / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name: o for o in session.get_outputs()}
@@ -80,8 +80,16 @@ def test_the_wrapped_model_has_what_the_onnxruntime_backend_checks(repo):
     for s in sb.state:
         assert ONNX_TO_TRITON[inputs[s.input_name].type] == s.data_type
         assert ONNX_TO_TRITON[outputs[s.output_name].type] == s.data_type
+        assert len(inputs[s.input_name].shape) == len(s.dims) == len(s.initial_state[0].dims)
+    for i in config.input:
+        assert ONNX_TO_TRITON[inputs[i.name].type] == i.data_type and len(inputs[i.name].shape) == len(i.dims)
     for o in config.output:
         assert o.name in outputs
+    assert state_names_safe([(s.input_name, s.output_name) for s in sb.state]) is None
+
+
+def test_the_wrapped_model_has_what_the_onnxruntime_backend_checks(repo):
+    backend_checks(*repo)
 
 
 def test_the_wrapped_model_run_as_the_sequence_batcher_drives_it_equals_the_runtime(ref, repo):
@@ -161,3 +169,106 @@ def test_export_cli_triton_repo_flag(tmp_path, capsys):
     assert (tmp_path / "tr" / "ref2" / "1" / "model.onnx").is_file()
     with pytest.raises(TritonRepoError, match="exists"):
         write_triton_repo(tmp_path / "a", tmp_path / "tr")
+
+
+# ------------------------------------------------------------------------------- every cached export, not only ours
+
+
+def drive_as_the_sequence_batcher(entry, runtime, inputs, corrid=5) -> int:
+    """Run a Triton entry's wrapped graph as the sequence batcher does (START=1 with the zero initial state Triton
+    hands a new sequence, each output state fed back as the next input state) on one sequence of named step
+    inputs (no batch axis) in uneven chunks, against a runtime stream fed the same chunks: every output of every
+    chunk equals the stream's (<= 1e-5). Returns the steps fed."""
+    config = text_format.Parse((entry / "config.pbtxt").read_text(), mc.ModelConfig())
+    backend_checks(entry, config)
+    session = ort.InferenceSession(str(entry / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    sb = config.sequence_batching
+    axes = {t.name: t.time_axis - 1 for t in runtime.manifest.task.inputs}
+    state = {s.input_name: np.zeros(list(s.initial_state[0].dims), np.float32) for s in sb.state}
+    stream = runtime.open_stream()
+    total = next(iter(inputs.values())).shape[axes[next(iter(inputs))]]
+    start = 0
+    for n in chunk_sizes(total):
+        chunk = {k: np.take(v, range(start, start + n), axis=axes[k]) for k, v in inputs.items()}
+        feed = {**{k: v[None] for k, v in chunk.items()}, "START": np.float32([start == 0]),
+                "END": np.float32([start + n == total]), "READY": np.float32([1]), "CORRID": np.uint64([corrid]),
+                **state}
+        out = dict(zip(names, session.run(None, feed)))
+        state = {s.input_name: out[s.output_name] for s in sb.state}
+        want = runtime.append(stream, chunk)
+        assert set(want) == {o.name for o in config.output}
+        for name, value in want.items():
+            assert np.abs(out[name][0] - value).max() <= 1e-5, name
+        start += n
+    runtime.close(stream)
+    return start
+
+
+@pytest.fixture(scope="module")
+def target_exports(tmp_path_factory):
+    """Hephaestus (efficient, local attention) and Wave-Transformer (enhancements) look-alikes, patched and exported
+    as a user does (random weights, legacy exporter, ONNX only), and seed 002's autoregressive model."""
+    from tsattn.examples import lookalike_repo
+    from tsattn.export.exporter import export
+    from tsattn.export.models import MODELS
+    from tsattn.injector import engine
+
+    root = tmp_path_factory.mktemp("targets")
+    heph = lookalike_repo("hephaestus_lookalike", root / "Hephaestus")
+    engine.inject(heph, "efficient", patch_out=root / "h.patch")
+    wave = lookalike_repo("wave_transformer_lookalike", root / "Wave-Transformer")
+    engine.inject(wave, "enhancements", patch_out=root / "w.patch")
+    common = ["--exporter", "legacy", "--format", "onnx"]
+    assert cli.main(["--target", str(heph), "--feature", "efficient", "--out", str(root / "heph"), "--set",
+                     "attention_type=local", "--set", 'attention_kwargs={"window_size": 4}', *common]) == 0
+    assert cli.main(["--target", str(wave), "--feature", "enhancements", "--out", str(root / "wave"), *common]) == 0
+    export(MODELS["autoregressive"].build({"embed_dim": 16, "ffn_latent_dim": 24}, None, 0), root / "ar",
+           formats=["onnx"])
+    return root
+
+
+def _sequence(manifest, total, seed):
+    """One stream's step inputs of ``total`` steps for the export's task."""
+    rng = np.random.default_rng(seed)
+    graph = manifest.graphs[manifest.task.graph]
+    out = {}
+    for t in manifest.task.inputs:
+        spec = graph.input(t.name)
+        shape = [total if i == t.time_axis else d for i, d in enumerate(spec.shape)][1:]
+        if t.name == "categorical_inputs":  # Hephaestus: token ids of the object tokens
+            tokens = manifest.task.client["tokens"]
+            ids = [tokens.index(v) for v in tokens if v.startswith("tok")]
+            out[t.name] = rng.choice(ids, size=shape).astype(np.float32)
+        elif spec.dtype == "int64":
+            out[t.name] = rng.integers(0, 40, size=shape, dtype=np.int64)
+        else:
+            out[t.name] = rng.normal(size=shape).astype(np.float32)
+    return out
+
+
+@pytest.mark.parametrize("name", ["heph", "wave", "ar"])
+def test_every_cached_export_gets_a_sequence_model_driven_like_the_runtimes_stream(target_exports, tmp_path, name):
+    export_dir = target_exports / name
+    entry = write_triton_repo(export_dir, tmp_path / "models")
+    config = text_format.Parse((entry / "config.pbtxt").read_text(), mc.ModelConfig())
+    manifest = load_manifest(export_dir)
+    tensors = manifest.cache.cache_tensors()
+    assert len(config.sequence_batching.state) == len(tensors)
+    for state, t in zip(config.sequence_batching.state, tensors):  # each state has its own tensor's shape
+        assert list(state.dims) == [-1, t.heads, -1, t.dim] and list(state.initial_state[0].dims) == [1, t.heads, 1,
+                                                                                                     t.dim]
+    assert [i.name for i in config.input] == list(manifest.task.input_names)
+    with load(export_dir, device="cpu") as rt:
+        assert drive_as_the_sequence_batcher(entry, rt, _sequence(manifest, 19, seed=3)) == 19
+
+
+def test_exports_triton_cannot_drive_are_refused_before_anything_is_written(tmp_path, capsys):
+    for model, extra, why in (("encoder_decoder", [], "feeds its encoder's outputs"),
+                              ("autoregressive", ["--max-context", "6"], "scalar position")):
+        out = tmp_path / model
+        rc = cli.main(["--model", model, "--out", str(out), "--format", "onnx", "--set", "embed_dim=16",
+                       "--triton-repo", str(tmp_path / "tr"), *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and why in err and "nothing exported" in err
+        assert not out.exists() and not (tmp_path / "tr").exists()
