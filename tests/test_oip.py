@@ -359,3 +359,63 @@ def test_hephaestus_streams_through_oip_like_the_runtime(heph, rows):
     for name in outputs:
         whole = np.concatenate([a[name] for a in answers], axis=2)
         assert np.abs(whole - stateless.as_numpy(name)).max() <= 1e-4
+
+
+# ---------------------------------------------------------------------------------------------------- seed 002
+
+
+def _v2(arrays, **parameters):
+    body = {"inputs": [{"name": k, "shape": list(v.shape), "datatype": "FP32", "data": v.reshape(-1).tolist()}
+                       for k, v in arrays.items()]}
+    if parameters:
+        body["parameters"] = parameters
+    return body
+
+
+def _outputs(r):
+    assert r.status_code == 200, r.text
+    return {o["name"]: np.asarray(o["data"], np.float32).reshape(o["shape"]) for o in r.json()["outputs"]}
+
+
+@pytest.mark.parametrize("name", ["autoregressive", "encoder_decoder"])
+def test_seed002_models_stream_through_oip(tmp_path, name):
+    """seed 002's two models by their task contract: the autoregressive model's step input; the encoder-decoder's
+    source on the first request only (its encoder runs once), then target steps. Each request's outputs equal the
+    runtime's stream, and a stateless request with the encoder's inputs equals the whole."""
+    from runtime_exports import stream_in_chunks
+    from tsattn.export.exporter import export
+    from tsattn.export.models import MODELS
+
+    exportable = MODELS[name].build({"embed_dim": 16, "ffn_latent_dim": 24, "num_heads": 4, "max_seq_len": 8},
+                                    None, 0)
+    export(exportable, tmp_path / name, formats=["onnx"])
+    runtime = load(tmp_path / name, device="cpu")
+    task = runtime.manifest.task
+    rng = np.random.default_rng(0)
+    step_name = task.inputs[0].name
+    steps = rng.normal(size=(1, 17, 3)).astype(np.float32)
+    source = {t.name: rng.normal(size=(1, 9, 3)).astype(np.float32) for t in (task.encoder.inputs if task.encoder
+                                                                                  else ())}
+    want = stream_in_chunks(runtime, {step_name: steps[0]}, open_inputs={k: v[0] for k, v in source.items()}
+                            if source else None)
+    with TestClient(create_app(runtime)) as c:
+        meta = c.get(f"/v2/models/{runtime.name}").json()
+        assert [t["name"] for t in meta["inputs"]] == [step_name] + list(source)
+        url = f"/v2/models/{runtime.name}/infer"
+        got, start = [], 0
+        for i, n in enumerate((1, 3, 1, 7, 5)):
+            arrays = {step_name: steps[:, start : start + n], **(source if i == 0 else {})}
+            got.append(_outputs(c.post(url, json=_v2(arrays, sequence_id=3, sequence_start=i == 0,
+                                                       sequence_end=n == 5))))
+            start += n
+        if source:  # the encoder's inputs belong to the first request only
+            _v2_error(c.post(url, json=_v2({step_name: steps[:, :1], **source}, sequence_id=4)), 422,
+                      "unknown input(s) ['source']")
+            _v2_error(c.post(url, json=_v2({step_name: steps[:, :1]}, sequence_id=4, sequence_start=True)), 422,
+                      "missing input(s) ['source']")
+        whole = _outputs(c.post(url, json=_v2({step_name: steps, **source})))
+    runtime.shutdown()
+    for out in task.outputs:
+        streamed = np.concatenate([g[out.name] for g in got], axis=out.time_axis)
+        assert np.abs(streamed[0] - want[out.name]).max() <= 1e-5
+        assert np.abs(whole[out.name] - streamed).max() <= 1e-4

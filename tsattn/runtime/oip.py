@@ -275,9 +275,10 @@ class _Model:
         if self.streams:
             self.inputs = [self.graph.input(t.name) for t in task.inputs]
             self.outputs = [self.graph.output(t.name) for t in task.outputs]
-            if task.encoder is not None:
+            if task.encoder is not None:  # a stateless forward takes the encoder's inputs too (the runtime runs it)
                 encoder = m.graphs[task.encoder.graph]
                 self.encoder_inputs = [encoder.input(t.name) for t in task.encoder.inputs]
+                self.predict_inputs = self.inputs + self.encoder_inputs
         else:
             self.inputs, self.outputs = self.predict_inputs, self.predict_outputs
 
