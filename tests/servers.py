@@ -70,6 +70,15 @@ def tsattn_serve(export_dir: Path, *args: str, env: Optional[Dict[str, str]] = N
 # The client code of the tests: the same function against tsattn-serve and against tritonserver.
 
 
+def split_steps(arrays: Dict[str, np.ndarray], sizes: Sequence[int], axis: int = 1) -> List[Dict[str, np.ndarray]]:
+    """Consecutive pieces of ``sizes`` steps of every array along its time ``axis`` (graph layout, batch first)."""
+    pieces, start = [], 0
+    for n in sizes:
+        pieces.append({k: np.take(v, range(start, start + n), axis=axis) for k, v in arrays.items()})
+        start += n
+    return pieces
+
+
 def _protocol(client):
     """tritonclient.http or tritonclient.grpc, whichever ``client`` is from."""
     import tritonclient.grpc as grpcclient

@@ -12,7 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from runtime_exports import cacheless_export, hephaestus_export, hephaestus_steps, reference_export
-from servers import infer_inputs, stream_sequence, tsattn_serve
+from servers import infer_inputs, split_steps, stream_sequence, tsattn_serve
 from tsattn.runtime import load
 from tsattn.runtime.oip import OipError, parse_infer
 from tsattn.runtime.server import create_app
@@ -52,11 +52,7 @@ def served(urls):
 
 
 def _chunks(x, sizes):
-    start, out = 0, []
-    for n in sizes:
-        out.append({"values": x[:, start : start + n]})
-        start += n
-    return out
+    return split_steps({"values": x}, sizes)
 
 
 def _runtime_stream(export_dir, chunks, rows):
@@ -322,20 +318,12 @@ def heph(tmp_path_factory):
     return hephaestus_export(tmp_path_factory.mktemp("oip-heph"))
 
 
-def _time_chunks(x, sizes, axis=2):
-    chunks, start = [], 0
-    for n in sizes:
-        chunks.append({k: np.take(v, range(start, start + n), axis=axis) for k, v in x.items()})
-        start += n
-    return chunks
-
-
 @pytest.mark.parametrize("rows", [1, 2])
 def test_hephaestus_streams_through_oip_like_the_runtime(heph, rows):
     """The export's task contract (two step inputs and outputs, time on axis 2): a sequence of uneven requests
     gives every new step's outputs as the runtime's stream does, and as one stateless forward over the whole."""
     x = hephaestus_steps(sum(CHUNKS), rows=rows, seed=rows)
-    chunks = _time_chunks(x, CHUNKS)
+    chunks = split_steps(x, CHUNKS, axis=2)
     outputs = ["numeric", "categorical"]
     with tsattn_serve(heph) as urls:
         client = httpclient.InferenceServerClient(urls.http, network_timeout=60)

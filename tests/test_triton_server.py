@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from runtime_exports import cacheless_export, hephaestus_export, hephaestus_steps, reference_export
-from servers import (infer_inputs, python_backend_dir, stream_sequence, triton_install, tritonserver,
+from servers import (infer_inputs, python_backend_dir, split_steps, stream_sequence, triton_install, tritonserver,
                      tsattn_serve)
 from tsattn.export.triton import write_triton_repo
 from tsattn.runtime import load
@@ -56,14 +56,6 @@ def triton(exports):
             shutil.copyfile(log, LOG)  # kept for a look after the run
 
 
-def _sequence(x, sizes):
-    start, chunks = 0, []
-    for n in sizes:
-        chunks.append({"values": x[:, start : start + n]})
-        start += n
-    return chunks
-
-
 def test_tritonserver_loads_both_entries(triton):
     assert triton.is_server_ready()
     index = {m["name"]: m.get("state") for m in triton.get_model_repository_index()}
@@ -78,7 +70,7 @@ def test_the_same_client_streams_the_same_outputs_from_triton_and_tsattn_serve(t
     """start, uneven appends, end: Triton's answers equal the runtime's stream after every request, and
     tsattn-serve's answers to the very same calls."""
     x = np.random.default_rng(11).normal(size=(2, sum(CHUNKS))).astype(np.float32)
-    chunks = _sequence(x, CHUNKS)
+    chunks = split_steps({"values": x}, CHUNKS)
     from_triton = stream_sequence(triton, "reference", chunks, sequence_id=101, outputs=["forecast"], binary=binary)
     with tsattn_serve(exports["reference"]) as urls:
         client = httpclient.InferenceServerClient(urls.http, network_timeout=60)
@@ -98,7 +90,7 @@ def test_triton_refuses_a_sequence_that_was_not_started_and_frees_ended_ones(tri
     x = np.zeros((1, 3), np.float32)
     with pytest.raises(InferenceServerException):
         triton.infer("reference", infer_inputs({"values": x}, True), sequence_id=555)  # no START
-    stream_sequence(triton, "reference", _sequence(x, (1, 2)), sequence_id=556, outputs=["forecast"])
+    stream_sequence(triton, "reference", split_steps({"values": x}, (1, 2)), sequence_id=556, outputs=["forecast"])
     with pytest.raises(InferenceServerException, match="no cache here|START"):
         triton.infer("reference", infer_inputs({"values": x}, True), sequence_id=556)  # ended
 
@@ -118,10 +110,7 @@ def test_the_same_client_streams_hephaestus_through_triton_and_tsattn_serve(trit
     answers equal the runtime's stream and tsattn-serve's answers to the same calls, and together one stateless
     forward over the whole sequence."""
     x = hephaestus_steps(sum(CHUNKS), seed=4)
-    chunks, start = [], 0
-    for n in CHUNKS:
-        chunks.append({k: v[:, :, start : start + n] for k, v in x.items()})
-        start += n
+    chunks = split_steps(x, CHUNKS, axis=2)
     outputs = ["numeric", "categorical"]
     from_triton = stream_sequence(triton, "hephaestus-local", chunks, sequence_id=202, outputs=outputs)
     with tsattn_serve(exports["hephaestus"]) as urls:

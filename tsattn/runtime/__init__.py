@@ -6,6 +6,8 @@
     cacheops.py  device-side gather/scatter of caches for batched steps (tiny Concat/Split graphs)
     errors.py    the runtime's errors, each with its HTTP status
     server.py    the ASGI app (FastAPI): streams, predict, health, metrics, token, limits
+    oip.py       the Open Inference Protocol (KServe v2, Triton's dialect) under /v2: sequences are streams
+    oip_grpc.py  the same over gRPC (tsattn-serve --grpc-port), from tritonclient's service definitions
     cli.py       tsattn-serve
 
 Importing ``tsattn.runtime`` needs onnxruntime and numpy only (no torch; the server's modules import FastAPI when

@@ -32,6 +32,7 @@ datatype that is not the graph's is refused (422), as Triton refuses it; ``BYTES
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import threading
@@ -494,6 +495,18 @@ class Service:
         return Overloaded(f"the step did not run within {self.append_timeout_s:g} s; it may still be applied",
                           retry_after=1.0)
 
+    @contextlib.contextmanager
+    def _appending(self, step: Step):
+        """Around a sequence request's append: ``after`` with the error it ended with, if any."""
+        error = None
+        try:
+            yield
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self.after(step, error)
+
     async def infer(self, step: Step) -> Dict[str, np.ndarray]:
         """Run a request on the event loop: the forward in a thread, or the append through the batching worker."""
         if step.stream_id is None:
@@ -502,18 +515,11 @@ class Service:
             return await run_in_threadpool(self.predict, step.inputs)
         from tsattn.runtime.server import _within
 
-        error = None
-        try:
-            future = self.runtime.append_async(step.stream_id, step.values)
+        with self._appending(step):
             try:
-                result = await _within(future, self.append_timeout_s)
+                result = await _within(self.runtime.append_async(step.stream_id, step.values), self.append_timeout_s)
             except asyncio.TimeoutError:
                 raise self._timed_out() from None
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self.after(step, error)
         return self.model.batched(result.outputs, step.rows)
 
     def infer_blocking(self, step: Step) -> Dict[str, np.ndarray]:
@@ -522,17 +528,11 @@ class Service:
             return self.predict(step.inputs)
         import concurrent.futures
 
-        error = None
-        try:
+        with self._appending(step):
             try:
                 result = self.runtime.submit(step.stream_id, step.values).result(self.append_timeout_s)
             except concurrent.futures.TimeoutError:
                 raise self._timed_out() from None
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            self.after(step, error)
         return self.model.batched(result.outputs, step.rows)
 
     def server_metadata(self) -> Dict[str, Any]:
