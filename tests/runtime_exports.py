@@ -145,3 +145,18 @@ def hephaestus_steps(n: int, rows: int = 1, seed: int = 0) -> Dict[str, np.ndarr
     rng = np.random.default_rng(seed)
     return {"numeric_inputs": rng.normal(size=(rows, 3, n)).astype(np.float32),
             "categorical_inputs": rng.integers(8, 12, size=(rows, 1, n)).astype(np.float32)}
+
+
+def wave_export(root: Path) -> Path:
+    """The Wave-Transformer look-alike injected with ``wcmha`` and exported with random weights (vocabulary 40): a
+    ``causal_lm`` task, int64 token ids in, logits out, a cache that does not slide (64 positions). About 15 s."""
+    from tsattn.examples import lookalike_repo
+    from tsattn.export import cli
+    from tsattn.injector import engine
+
+    patched = lookalike_repo("wave_transformer_lookalike", root / "Wave-Transformer")
+    engine.inject(patched, "wcmha", patch_out=root / "wcmha.patch")
+    out = root / "wave"
+    assert cli.main(["--target", str(patched), "--feature", "wcmha", "--set", "vocab_size=40", "--exporter", "legacy",
+                     "--out", str(out)]) == 0
+    return out

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
-from runtime_exports import cacheless_export, hephaestus_export, hephaestus_steps, reference_export
+from runtime_exports import cacheless_export, hephaestus_export, hephaestus_steps, reference_export, wave_export
 from servers import infer_inputs, split_steps, stream_sequence, tsattn_serve
 from tsattn.runtime import load
 from tsattn.runtime.oip import OipError, parse_infer
@@ -347,6 +347,29 @@ def test_hephaestus_streams_through_oip_like_the_runtime(heph, rows):
     for name in outputs:
         whole = np.concatenate([a[name] for a in answers], axis=2)
         assert np.abs(whole - stateless.as_numpy(name)).max() <= 1e-4
+
+
+# ---------------------------------------------------------------------------------------------------- Wave
+
+
+def test_wave_transformer_streams_token_ids_through_oip(tmp_path):
+    """A causal_lm export: INT64 token ids in binary, logits for every new token out, equal to the runtime's
+    stream; a datatype other than the graph's (FP32 ids) is refused as Triton refuses it."""
+    out = wave_export(tmp_path)
+    ids = np.random.default_rng(0).integers(0, 40, size=(1, 19)).astype(np.int64)
+    chunks = split_steps({"token_ids": ids}, CHUNKS)
+    with tsattn_serve(out) as urls:
+        client = httpclient.InferenceServerClient(urls.http, network_timeout=60)
+        meta = client.get_model_metadata("wave-transformer")
+        assert meta["inputs"] == [{"name": "token_ids", "datatype": "INT64", "shape": [-1, -1]}]
+        answers = stream_sequence(client, "wave-transformer", chunks, sequence_id=1, outputs=["logits"])
+        with pytest.raises(InferenceServerException, match="datatype FP32; model 'wave-transformer' expects INT64"):
+            client.infer("wave-transformer", infer_inputs({"token_ids": ids.astype(np.float32)}, True),
+                         sequence_id=2, sequence_start=True)
+        client.close()
+    for got, want in zip(answers, _runtime_stream(out, chunks, 1)):
+        assert got["logits"].shape == want["logits"].shape == (1, *want["logits"].shape[1:2], 40)
+        assert np.abs(got["logits"] - want["logits"]).max() <= 1e-5
 
 
 # ---------------------------------------------------------------------------------------------------- seed 002
