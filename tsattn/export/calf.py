@@ -57,12 +57,12 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from tsattn.export.checkpoint import load_checkpoint, load_weights, split_checkpoint
 from tsattn.export.exporter import _quiet as quiet
-from tsattn.export.manifest import TensorSpec, sha256_file
+from tsattn.export.manifest import TensorSpec
 from tsattn.export.spec import Exportable, ExportSpec, distinct_sizes
 from tsattn.export.task import StepTensor, Task
-from tsattn.export.targets import TargetError, open_patched, target_code
+from tsattn.export.target_base import TargetExport
+from tsattn.export.targets import TargetError, target_code
 
 KIND = "calf"
 FEATURE = "wcmha"
@@ -337,105 +337,100 @@ def _word_embedding(config: CALFExportConfig, tmp: Path, seed: int) -> Tuple[str
     return str(path), {"path": str(given), "sha256": sha256_file(given), "random": False}
 
 
-def build_calf_export(repo: Path, feature: str, options: Mapping[str, Any], checkpoint: Optional[Path],
-                      seed: Optional[int]) -> Exportable:
-    """CALF patched with ``feature`` at ``repo``: config = defaults < the checkpoint's config < ``options``.
+class CALFExport(TargetExport):
+    """CALF patched with a feature: config = defaults < the checkpoint's config < the options (``build``).
 
     Raises ``TargetError`` (not patched, bad options, the target's code fails), ``CheckpointRefused``,
     ``FileNotFoundError``.
     """
-    from tsattn.examples import offline_gpt2
 
-    target = open_patched(repo, KIND, feature)
-    seed = 0 if seed is None else int(seed)
-    state = None
-    fields: Dict[str, Any] = {}
-    if checkpoint is not None:
-        state, ckpt_config = split_checkpoint(load_checkpoint(checkpoint), checkpoint)
-        fields.update(ckpt_config or {})
-    fields.update(options)
-    config = CALFExportConfig.from_options(fields, with_checkpoint=checkpoint is not None)
-    gpt2 = config.gpt2_config()
-    if config.text_branch and checkpoint is not None and config.word_embedding_path is None:
-        raise TargetError("text_branch with --checkpoint: the text branch reads the run's word embedding, which CALF "
-                          "does not save in its checkpoints; give its word_embedding_path")
+    kind = KIND
+    random_weights = (f"not a trained model; GPT-2 built from GPT2Config (nothing downloaded), LoRA B ~ N(0, "
+                      f"{LORA_B_STD}^2); pass --checkpoint for CALF's trained weights")
 
-    module = target.import_module("models.CALF")
-    with tempfile.TemporaryDirectory(prefix="tsattn-calf-") as tmp:
-        word_path, word_info = _word_embedding(config, Path(tmp), seed)
-        configs = config.calf_configs(word_path)
-        with target_code(f"building models.CALF.Model from {target.root}", target.root, _transformers_hint):
-            with offline_gpt2(seed=seed, **gpt2), quiet():
-                torch.manual_seed(seed)
-                model = module.Model(configs, "cpu")
-    if state is not None:
-        load_weights(model, state, checkpoint)
-    else:  # peft starts B at zero: LoRA would be a no-op; random weights mean random adapters too
-        g = torch.Generator().manual_seed(seed + 1)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "lora_B" in name:
-                    p.copy_(torch.randn(p.shape, generator=g) * LORA_B_STD)
-    model.eval()
+    def build(self) -> Exportable:
+        from tsattn.examples import offline_gpt2
 
-    attentions = _time_branch_attention(model)
-    if not attentions:
-        raise TargetError(f"target calf ({target.root}): the model built from models/CALF.py has no WCMHA attention "
-                          f"in its time branch (self.gpt2): models/CALF.py does not wrap it with "
-                          f"PowerformerAccustumGPT2Model.from_gpt2. Re-run `tsattn-inject --target {target.root} "
-                          f"--feature {feature}`")
-    wcmha = {"decay": sorted({a.decay.decay for a in attentions}),
-             "alpha": [round(float(a.decay.alpha.detach().float().mean()), 6) for a in attentions],
-             "layers": len(attentions)}
+        target, feature, seed, state, checkpoint = self.target, self.feature, self.seed, self.state, self.checkpoint
+        config = CALFExportConfig.from_options(self.fields, with_checkpoint=checkpoint is not None)
+        gpt2 = config.gpt2_config()
+        if config.text_branch and checkpoint is not None and config.word_embedding_path is None:
+            raise TargetError("text_branch with --checkpoint: the text branch reads the run's word embedding, which "
+                              "CALF does not save in its checkpoints; give its word_embedding_path")
 
-    keys = ("outputs_time", "outputs_text") if config.text_branch else ("outputs_time",)
-    probe_sizes = {"batch": 2, "channels": config.enc_in or 3}
-    probe = torch.randn(2, config.seq_len, probe_sizes["channels"], generator=torch.Generator().manual_seed(seed))
-    exported = CALFForecast(model, keys).eval()  # before any forward: see its docstring
-    with target_code("running CALF's forward", target.root, _transformers_hint), torch.no_grad(), quiet():
-        before = exported(probe)
-    before = before if isinstance(before, tuple) else (before,)
-    expected = (2, config.pred_len, probe_sizes["channels"])
-    if any(tuple(t.shape) != expected for t in before):
-        raise TargetError(f"CALF's forward returned {[tuple(t.shape) for t in before]} for x of shape "
-                          f"{tuple(probe.shape)}; expected {expected} (batch, pred_len, channels)")
+        module = target.import_module("models.CALF")
+        with tempfile.TemporaryDirectory(prefix="tsattn-calf-") as tmp:
+            word_path, word_info = _word_embedding(config, Path(tmp), seed)
+            configs = config.calf_configs(word_path)
+            with target_code(f"building models.CALF.Model from {target.root}", target.root, _transformers_hint):
+                with offline_gpt2(seed=seed, **gpt2), quiet():
+                    torch.manual_seed(seed)
+                    model = module.Model(configs, "cpu")
+        if state is not None:
+            self.load_weights(model)
+        else:  # peft starts B at zero: LoRA would be a no-op; random weights mean random adapters too
+            g = torch.Generator().manual_seed(seed + 1)
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if "lora_B" in name:
+                        p.copy_(torch.randn(p.shape, generator=g) * LORA_B_STD)
+        model.eval()
 
-    peft_model = getattr(model, "gpt2", None)
-    lora = {"r": config.r, "lora_alpha": config.lora_alpha, "merged": False,
-            "wrapper": type(peft_model).__name__}
-    if config.merge_lora:
-        if not hasattr(peft_model, "merge_and_unload"):
-            raise TargetError(f"CALF's time branch is a {type(peft_model).__name__}, not a peft model: nothing "
-                              f"to merge; pass --set merge_lora=false")
-        with target_code("merging LoRA into the time branch", target.root), quiet():
-            model.gpt2 = peft_model.merge_and_unload()
-        with torch.no_grad():
-            after = exported(probe)
-        after = after if isinstance(after, tuple) else (after,)
-        diff = max(float((a - b).abs().max()) for a, b in zip(after, before))
-        if not diff <= MERGE_TOL:
-            raise TargetError(f"merging LoRA changed CALF's forecast by {diff:.3g} > {MERGE_TOL}; "
-                              f"export the wrapped model with --set merge_lora=false")
-        lora.update(merged=True, max_abs_diff_vs_unmerged=diff, at=probe_sizes)
+        attentions = _time_branch_attention(model)
+        if not attentions:
+            raise TargetError(f"target calf ({target.root}): the model built from models/CALF.py has no WCMHA "
+                              f"attention in its time branch (self.gpt2): models/CALF.py does not wrap it with "
+                              f"PowerformerAccustumGPT2Model.from_gpt2. Re-run `tsattn-inject --target {target.root} "
+                              f"--feature {feature}`")
+        wcmha = {"decay": sorted({a.decay.decay for a in attentions}),
+                 "alpha": [round(float(a.decay.alpha.detach().float().mean()), 6) for a in attentions],
+                 "layers": len(attentions)}
 
-    spec = calf_spec(config, int(gpt2["n_positions"]))
-    weights = ("checkpoint" if checkpoint is not None else
-               f"random (seed {seed}): not a trained model; GPT-2 built from GPT2Config (nothing downloaded), "
-               f"LoRA B ~ N(0, {LORA_B_STD}^2); pass --checkpoint for CALF's trained weights")
-    source = target.source(
-        model="models.CALF.Model",
-        exported=list(keys),
-        config=config.to_dict(),
-        gpt2={"config": gpt2, "pretrained": False,
-              "how": "from_pretrained('gpt2') replaced by GPT2Config(...) with random weights "
-                     "(tsattn.examples.offline_gpt2)" + ("; every weight then loaded from the checkpoint"
-                                                        if checkpoint is not None else "")},
-        weights=weights,
-        seed=None if checkpoint is not None else seed,
-        checkpoint=None if checkpoint is None else {"path": str(checkpoint), "sha256": sha256_file(checkpoint)},
-        lora=lora,
-        wcmha=wcmha,
-        word_embedding=word_info,
-        stack=_stack_versions(),
-    )
-    return Exportable(exported, spec, source)
+        keys = ("outputs_time", "outputs_text") if config.text_branch else ("outputs_time",)
+        probe_sizes = {"batch": 2, "channels": config.enc_in or 3}
+        probe = torch.randn(2, config.seq_len, probe_sizes["channels"], generator=torch.Generator().manual_seed(seed))
+        exported = CALFForecast(model, keys).eval()  # before any forward: see its docstring
+        with target_code("running CALF's forward", target.root, _transformers_hint), torch.no_grad(), quiet():
+            before = exported(probe)
+        before = before if isinstance(before, tuple) else (before,)
+        expected = (2, config.pred_len, probe_sizes["channels"])
+        if any(tuple(t.shape) != expected for t in before):
+            raise TargetError(f"CALF's forward returned {[tuple(t.shape) for t in before]} for x of shape "
+                              f"{tuple(probe.shape)}; expected {expected} (batch, pred_len, channels)")
+
+        peft_model = getattr(model, "gpt2", None)
+        lora = {"r": config.r, "lora_alpha": config.lora_alpha, "merged": False,
+                "wrapper": type(peft_model).__name__}
+        if config.merge_lora:
+            if not hasattr(peft_model, "merge_and_unload"):
+                raise TargetError(f"CALF's time branch is a {type(peft_model).__name__}, not a peft model: nothing "
+                                  f"to merge; pass --set merge_lora=false")
+            with target_code("merging LoRA into the time branch", target.root), quiet():
+                model.gpt2 = peft_model.merge_and_unload()
+            with torch.no_grad():
+                after = exported(probe)
+            after = after if isinstance(after, tuple) else (after,)
+            diff = max(float((a - b).abs().max()) for a, b in zip(after, before))
+            if not diff <= MERGE_TOL:
+                raise TargetError(f"merging LoRA changed CALF's forecast by {diff:.3g} > {MERGE_TOL}; "
+                                  f"export the wrapped model with --set merge_lora=false")
+            lora.update(merged=True, max_abs_diff_vs_unmerged=diff, at=probe_sizes)
+
+        spec = calf_spec(config, int(gpt2["n_positions"]))
+        source = self.source(
+            model="models.CALF.Model",
+            exported=list(keys),
+            config=config.to_dict(),
+            gpt2={"config": gpt2, "pretrained": False,
+                  "how": "from_pretrained('gpt2') replaced by GPT2Config(...) with random weights "
+                         "(tsattn.examples.offline_gpt2)" + ("; every weight then loaded from the checkpoint"
+                                                            if checkpoint is not None else "")},
+            lora=lora,
+            wcmha=wcmha,
+            word_embedding=word_info,
+            stack=_stack_versions(),
+        )
+        return Exportable(exported, spec, source)
+
+
+build_calf_export = CALFExport.export

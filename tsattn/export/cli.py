@@ -26,6 +26,9 @@ examples:
   tsattn-export --model reference --out /tmp/ref --checkpoint ref.pt --max-context 2048
   tsattn-export --model reference --out /tmp/small --set d_model=64 --set n_layers=2 --format onnx --json
   tsattn-export --model reference --out /tmp/ref --exporter legacy --opset 17
+  tsattn-export --model autoregressive --out /tmp/ar --set embed_dim=64 --set attention_type=mqa
+  tsattn-export --model autoregressive --out /tmp/ar-window --max-context 128     # a sliding window of 128
+  tsattn-export --model encoder_decoder --out /tmp/ed --set decay=powerlaw --set alpha=0.8
   tsattn-export --target ./CALF --feature wcmha --out exported_models/calf-wcmha
   tsattn-export --target ./CALF --feature wcmha --out /tmp/calf --checkpoint checkpoint.pth \\
       --config '{{"seq_len": 96, "pred_len": 96, "gpt_layers": 6, "r": 8, "lora_alpha": 32}}'
@@ -42,7 +45,10 @@ examples:
 Model options come from --config (a JSON object, or a .json file holding one) and then --set KEY=VALUE (JSON
 values), which overrides it. A target's options are its model's arguments (CALF: the names of its run.py, e.g.
 seq_len, pred_len, gpt_layers, r, lora_alpha; Hephaestus: numeric_columns, categorical_columns, object_tokens,
-d_model, n_heads, n_layers, attention_type, attention_kwargs; Wave-Transformer: WaveTransformer's arguments, e.g.
+d_model, n_heads, n_layers, attention_type, attention_kwargs; seed 002's autoregressive / encoder_decoder:
+input_dim, embed_dim, ffn_latent_dim, num_layers (num_encoder_layers, num_decoder_layers), num_heads,
+output_dim, max_seq_len, attention_type, num_groups, decay, alpha, use_moe, num_experts, capacity, topk,
+expanding_context; Wave-Transformer: WaveTransformer's arguments, e.g.
 use_pcca, wcmha_decay, and encoder/decoder as module:Class or file.py:Class, encoder_kwargs, decoder_kwargs,
 vocab_size; see the README). Without --checkpoint every weight is random (the manifest's source says so); a
 target's GPT-2 is then built from GPT2Config, nothing is downloaded. Wave-Transformer's --checkpoint is the
@@ -128,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--model", choices=sorted(MODELS), help="a bundled model (the reference forecaster)")
+    what.add_argument("--model", choices=sorted(MODELS), help="a bundled model: the reference forecaster, seed 002's "
+                                                               "autoregressive or encoder_decoder (see --list)")
     what.add_argument("--target", metavar="REPO_DIR", type=Path, help="a patched clone of a target repository")
     what.add_argument("--list", action="store_true", help="list the bundled models and registered target specs")
     parser.add_argument("--feature", metavar="F", help="the injected feature to export (with --target)")
@@ -176,9 +183,9 @@ def _listing() -> str:
     from tsattn.export.targets import PLANNED, TARGETS
 
     lines = ["models:"]
-    lines += [f"  {name:12s} {entry.description}" for name, entry in sorted(MODELS.items())]
+    lines += [f"  {name:16s} {entry.description}" for name, entry in sorted(MODELS.items())]
     lines.append("targets:")
-    lines += [f"  {kind:12s} features: {', '.join(e.features)}" for kind, e in sorted(TARGETS.items())]
+    lines += [f"  {kind:16s} features: {', '.join(e.features)}" for kind, e in sorted(TARGETS.items())]
     missing = [k for k in PLANNED if k not in TARGETS]
     if missing:
         lines.append(f"  (no export spec yet for: {', '.join(missing)})")

@@ -67,15 +67,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tsattn.export.checkpoint import load_checkpoint, load_weights, split_checkpoint
 from tsattn.export.exporter import _quiet as quiet
-from tsattn.export.manifest import CacheSpec, TensorSpec, sha256_file
+from tsattn.export.manifest import CacheSpec, TensorSpec
 from tsattn.export.spec import Exportable, ExportSpec, FlatCache, StepwiseCheck, distinct_sizes, step_tensors
 from tsattn.export.task import Task
-from tsattn.export.targets import TargetError, open_patched, target_code
+from tsattn.export.target_base import TargetExport
+from tsattn.export.targets import TargetError, target_code
 
 KIND = "hephaestus"
-FEATURES = ("efficient", "local", "sparse", "featurewise", "chunked", "flash", "wcmha")
 SPECIAL_TOKENS = ["[PAD]", "[NUMERIC_MASK]", "[MASK]", "[UNK]", "[NUMERIC_EMBEDDING]"]  # upstream generate()'s
 RESERVOIR_WIDTH = 8  # upstream generate() encodes each token into 8 reservoir (sub-word) ids
 CHECK_TOL = 1e-5  # the adapted decoder with an empty cache against the untouched one
@@ -400,85 +399,82 @@ def _decoder_state(state: Mapping[str, Tensor]) -> Dict[str, Tensor]:
                       "model.time_series_transformer.* for a TabularDecoder)")
 
 
-def build_hephaestus_export(repo: Path, feature: str, options: Mapping[str, Any], checkpoint: Optional[Path],
-                            seed: Optional[int]) -> Exportable:
-    """Hephaestus patched with ``feature`` at ``repo``: its ``TimeSeriesDecoder`` with a KV cache.
+class HephaestusExport(TargetExport):
+    """Hephaestus patched with a feature: its ``TimeSeriesDecoder`` with a KV cache (``build``).
 
     Raises ``TargetError`` (not patched, bad options, a non-causal attention, the target's code fails, the cached
     path differs from the decoder), ``CheckpointRefused``, ``FileNotFoundError``.
     """
-    target = open_patched(repo, KIND, feature)
-    seed = 0 if seed is None else int(seed)
-    state = None
-    fields: Dict[str, Any] = {}
-    if checkpoint is not None:
-        raw, ckpt_config = split_checkpoint(load_checkpoint(checkpoint), checkpoint)
-        state = _decoder_state(raw)
-        fields.update(ckpt_config or {})
-    fields.update(options)
-    config = HephaestusExportConfig.from_options(fields, feature, with_checkpoint=checkpoint is not None)
 
-    models = target.import_module("hephaestus.timeseries_models.models")
-    icecream = _silence_icecream(models)
-    enabled = tuple(getattr(models, "ENABLED_ATTENTION_TYPES", ()))
-    if config.attention_type not in enabled:
-        raise TargetError(f"attention_type {config.attention_type!r} is not enabled in {target.root} (it enables "
-                          f"{list(enabled) or 'none: is models.py patched?'}); inject its feature or choose another "
-                          f"with --set attention_type=NAME")
-    reservoir, vocab = _reservoir(state, config, seed)
-    ts_config = time_series_config(models.TimeSeriesConfig, config, reservoir, vocab)
-    with target_code(f"building TimeSeriesDecoder from {target.root}", target.root, _upstream_hint), quiet():
-        torch.manual_seed(seed)
-        decoder = models.TimeSeriesDecoder(ts_config, config.d_model, config.n_heads, n_layers=config.n_layers,
-                                           attention_type=config.attention_type,
-                                           attention_kwargs=dict(config.attention_kwargs))
-    if state is not None:
-        load_weights(decoder, state, checkpoint)
-    decoder.eval()
-    attentions = _attentions(decoder)
-    if not all(callable(getattr(a, "attend_cached", None)) for a in attentions):
-        raise TargetError(f"the attention of {target.root}'s TransformerBlock ({type(attentions[0]).__name__}) takes "
-                          f"no KV cache: models.py does not build it with build_attention. Re-run `tsattn-inject "
-                          f"--target {target.root} --feature {feature}`")
-    if not all(a.causal for a in attentions):
-        raise TargetError("a cached decode graph needs causal attention (attention_kwargs causal=false: a later "
-                          "time step would change earlier outputs); export without causal=false")
+    kind = KIND
+    random_weights = (f"not a trained model, a synthetic config; pass --checkpoint (and the run's "
+                      f"{', '.join(CHECKPOINT_KEYS)}) for trained weights")
 
-    n_cat = len(config.categorical_columns)
-    pos = decoder.time_series_transformer.pos_encoder
-    max_len = int(getattr(pos, "max_len", 1024))
-    spec = hephaestus_spec(config, max_len)
-    cached = CachedDecoder(copy.deepcopy(decoder), categorical=n_cat > 0).eval()
-    exported = FlatCache(cached, n_inputs=len(spec.inputs), layers=config.n_layers).eval()
+    def read_checkpoint(self, path: Path):
+        raw, config = super().read_checkpoint(path)
+        return _decoder_state(raw), config
 
-    # the adapted decoder with an empty cache must be the decoder itself
-    probe = spec.example_inputs({"batch": 2, "seq": 7, "past": 0}, seed=seed + 11)
-    args = (probe[0], probe[1] if n_cat else None)
-    with target_code("running TimeSeriesDecoder's forward", target.root, _upstream_hint), torch.no_grad(), quiet():
-        want = decoder(torch.nan_to_num(args[0], nan=0.0), args[1], deterministic=True)
-        got = exported(*probe)
-    want = (want.numeric,) + ((want.categorical,) if n_cat else ())
-    diff = max(float((a - b).abs().max()) for a, b in zip(got, want))
-    if not diff <= CHECK_TOL:
-        raise TargetError(f"the cached decoder differs from {target.root}'s TimeSeriesDecoder by {diff:.3g} > "
-                          f"{CHECK_TOL} with an empty cache: its forward no longer has the shape this spec adapts "
-                          f"(blocks calling multi_head_attention(query, key, value, mask), pos_encoder on the "
-                          f"embeddings)")
+    def build(self) -> Exportable:
+        target, feature, seed, state, checkpoint = self.target, self.feature, self.seed, self.state, self.checkpoint
+        config = HephaestusExportConfig.from_options(self.fields, feature, with_checkpoint=checkpoint is not None)
 
-    weights = ("checkpoint" if checkpoint is not None else
-               f"random (seed {seed}): not a trained model, a synthetic config; pass --checkpoint (and the run's "
-               f"{', '.join(CHECKPOINT_KEYS)}) for trained weights")
-    source = target.source(
-        model="hephaestus.timeseries_models.models.TimeSeriesDecoder",
-        exported=[t.name for t in spec.outputs],
-        config=config.to_dict(),
-        attention={"type": config.attention_type, "kwargs": dict(config.attention_kwargs),
-                   "classes": sorted({type(a).__name__ for a in attentions}), "enabled": list(enabled)},
-        cache_check={"max_abs_diff_vs_decoder": diff, "tol": CHECK_TOL, "sizes": {"batch": 2, "seq": 7}},
-        max_positions=max_len,
-        weights=weights,
-        seed=None if checkpoint is not None else seed,
-        checkpoint=None if checkpoint is None else {"path": str(checkpoint), "sha256": sha256_file(checkpoint)},
-        icecream_disabled=icecream,
-    )
-    return Exportable(exported, spec, source)
+        models = target.import_module("hephaestus.timeseries_models.models")
+        icecream = _silence_icecream(models)
+        enabled = tuple(getattr(models, "ENABLED_ATTENTION_TYPES", ()))
+        if config.attention_type not in enabled:
+            raise TargetError(f"attention_type {config.attention_type!r} is not enabled in {target.root} (it "
+                              f"enables {list(enabled) or 'none: is models.py patched?'}); inject its feature or "
+                              f"choose another with --set attention_type=NAME")
+        reservoir, vocab = _reservoir(state, config, seed)
+        ts_config = time_series_config(models.TimeSeriesConfig, config, reservoir, vocab)
+        with target_code(f"building TimeSeriesDecoder from {target.root}", target.root, _upstream_hint), quiet():
+            torch.manual_seed(seed)
+            decoder = models.TimeSeriesDecoder(ts_config, config.d_model, config.n_heads, n_layers=config.n_layers,
+                                               attention_type=config.attention_type,
+                                               attention_kwargs=dict(config.attention_kwargs))
+        self.load_weights(decoder)
+        decoder.eval()
+        attentions = _attentions(decoder)
+        if not all(callable(getattr(a, "attend_cached", None)) for a in attentions):
+            raise TargetError(f"the attention of {target.root}'s TransformerBlock ({type(attentions[0]).__name__}) "
+                              f"takes no KV cache: models.py does not build it with build_attention. Re-run "
+                              f"`tsattn-inject --target {target.root} --feature {feature}`")
+        if not all(a.causal for a in attentions):
+            raise TargetError("a cached decode graph needs causal attention (attention_kwargs causal=false: a later "
+                              "time step would change earlier outputs); export without causal=false")
+
+        n_cat = len(config.categorical_columns)
+        pos = decoder.time_series_transformer.pos_encoder
+        max_len = int(getattr(pos, "max_len", 1024))
+        spec = hephaestus_spec(config, max_len)
+        cached = CachedDecoder(copy.deepcopy(decoder), categorical=n_cat > 0).eval()
+        exported = FlatCache(cached, n_inputs=len(spec.inputs), layers=config.n_layers).eval()
+
+        # the adapted decoder with an empty cache must be the decoder itself
+        probe = spec.example_inputs({"batch": 2, "seq": 7, "past": 0}, seed=seed + 11)
+        args = (probe[0], probe[1] if n_cat else None)
+        with target_code("running TimeSeriesDecoder's forward", target.root, _upstream_hint), torch.no_grad(), quiet():
+            want = decoder(torch.nan_to_num(args[0], nan=0.0), args[1], deterministic=True)
+            got = exported(*probe)
+        want = (want.numeric,) + ((want.categorical,) if n_cat else ())
+        diff = max(float((a - b).abs().max()) for a, b in zip(got, want))
+        if not diff <= CHECK_TOL:
+            raise TargetError(f"the cached decoder differs from {target.root}'s TimeSeriesDecoder by {diff:.3g} > "
+                              f"{CHECK_TOL} with an empty cache: its forward no longer has the shape this spec adapts "
+                              f"(blocks calling multi_head_attention(query, key, value, mask), pos_encoder on the "
+                              f"embeddings)")
+
+        source = self.source(
+            model="hephaestus.timeseries_models.models.TimeSeriesDecoder",
+            exported=[t.name for t in spec.outputs],
+            config=config.to_dict(),
+            attention={"type": config.attention_type, "kwargs": dict(config.attention_kwargs),
+                       "classes": sorted({type(a).__name__ for a in attentions}), "enabled": list(enabled)},
+            cache_check={"max_abs_diff_vs_decoder": diff, "tol": CHECK_TOL, "sizes": {"batch": 2, "seq": 7}},
+            max_positions=max_len,
+            icecream_disabled=icecream,
+        )
+        return Exportable(exported, spec, source)
+
+
+build_hephaestus_export = HephaestusExport.export

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from tsattn.export.task import EncoderTask, StepTensor, Task, TaskError
+from tsattn.export.task import Task, TaskError
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "tsattn-export"

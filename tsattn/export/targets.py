@@ -17,9 +17,10 @@ nothing of the target's stack. What every builder shares is here:
   failure into ``TargetError`` naming the target file and line, not an internal error.
 
 Adding a target: write ``tsattn/export/<kind>.py`` with a spec function (``ExportSpec``:
-inputs, outputs, ``CacheSpec`` for a causal model with ``FlatCache`` as the adapter, sizes, task) and
-``build_<kind>_export`` following ``calf.py`` (stateless) or ``hephaestus.py`` (a cached decode-step graph), then
-add its ``TargetEntry`` below.
+inputs, outputs, ``CacheSpec`` for a causal model with ``FlatCache`` as the adapter, sizes, ``Task``) and a
+``TargetExport`` subclass (``tsattn.export.target_base``: clone, seed, checkpoint, options and provenance are
+shared) following ``calf.py`` (stateless) or ``hephaestus.py`` (a cached decode-step graph), then add its
+``TargetEntry`` below; its features are the injector's recipes for the kind.
 ``TargetError`` and ``NoExportSpec`` exit 2 in ``tsattn-export``.
 """
 
@@ -48,12 +49,23 @@ class TargetError(ValueError):
 
 @dataclass(frozen=True)
 class TargetEntry:
-    """One target kind: ``detect(repo) -> bool`` recognises a clone; ``features`` lists what ``build`` exports."""
+    """One target kind: ``detect(repo) -> bool`` recognises a clone; ``features`` lists what ``build`` exports:
+    every feature the injector has a recipe for on the kind (``recipe_features``)."""
 
     kind: str
-    features: Tuple[str, ...]
     detect: Callable[[Path], bool]
     build: TargetBuilder
+
+    @property
+    def features(self) -> Tuple[str, ...]:
+        return recipe_features(self.kind)
+
+
+def recipe_features(kind: str) -> Tuple[str, ...]:
+    """The features the injector has recipes for on ``kind``: what a target's export accepts (no hand-kept list)."""
+    from tsattn.injector.recipe import all_recipes
+
+    return tuple(r.feature for r in all_recipes() if r.kind == kind)
 
 
 # --------------------------------------------------------------------------------------- what builders share
@@ -187,11 +199,11 @@ def _detects(kind: str) -> Callable[[Path], bool]:
 
 
 TARGETS: Dict[str, TargetEntry] = {
-    "calf": TargetEntry("calf", ("wcmha",), _detects("calf"), _lazy("tsattn.export.calf", "build_calf_export")),
-    "hephaestus": TargetEntry("hephaestus", ("efficient", "local", "sparse", "featurewise", "chunked", "flash", "wcmha"),
-                              _detects("hephaestus"), _lazy("tsattn.export.hephaestus", "build_hephaestus_export")),
-    "wave_transformer": TargetEntry("wave_transformer", ("enhancements", "ahs", "fcl", "pcca", "mrwp", "wcmha"),
-                                    _detects("wave_transformer"), _lazy("tsattn.export.wave", "build_wave_export")),
+    "calf": TargetEntry("calf", _detects("calf"), _lazy("tsattn.export.calf", "build_calf_export")),
+    "hephaestus": TargetEntry("hephaestus", _detects("hephaestus"),
+                              _lazy("tsattn.export.hephaestus", "build_hephaestus_export")),
+    "wave_transformer": TargetEntry("wave_transformer", _detects("wave_transformer"),
+                                    _lazy("tsattn.export.wave", "build_wave_export")),
 }
 
 PLANNED = ("calf", "hephaestus", "wave_transformer")  # every injector kind; --list names those without a spec

@@ -98,19 +98,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tsattn.export.checkpoint import CheckpointRefused, load_checkpoint, load_weights, split_checkpoint
+from tsattn.export.checkpoint import CheckpointRefused, load_checkpoint, split_checkpoint
 from tsattn.export.exporter import _quiet as quiet
-from tsattn.export.manifest import CacheSpec, CacheTensor, TensorSpec, sha256_file
+from tsattn.export.manifest import CacheSpec, CacheTensor, TensorSpec
 from tsattn.export.spec import Exportable, ExportSpec, FlatCache, StepwiseCheck, distinct_sizes, step_tensors
 from tsattn.export.task import Task
-from tsattn.export.targets import TargetError, open_patched, target_code
+from tsattn.export.target_base import TargetExport
+from tsattn.export.targets import TargetError, target_code
 
 KIND = "wave_transformer"
 FEATURE_FLAGS: Dict[str, Tuple[str, ...]] = {
     "enhancements": ("use_ahs", "use_fcl", "use_pcca", "use_mrwp"),
     "ahs": ("use_ahs",), "fcl": ("use_fcl",), "pcca": ("use_pcca",), "mrwp": ("use_mrwp",), "wcmha": ("use_wcmha",),
 }
-FEATURES = tuple(FEATURE_FLAGS)
 MODEL_MODULE = "wave_transformer.core.wave_transformer"
 DEFAULT_ENCODER = "wave_transformer.language_modelling.token_encoder:TokenToWaveEncoder"
 DEFAULT_DECODER = "wave_transformer.language_modelling.token_decoder:WaveToTokenDecoder"
@@ -569,138 +569,149 @@ def _suspects(model: nn.Module) -> List[str]:
                    if isinstance(m, SUSPECTS) and "ahs" not in name.split(".")})
 
 
-def build_wave_export(repo: Path, feature: str, options: Mapping[str, Any], checkpoint: Optional[Path],
-                      seed: Optional[int]) -> Exportable:
-    """Wave-Transformer patched with ``feature`` at ``repo``: its WaveTransformer with a KV cache.
+class WaveExport(TargetExport):
+    """Wave-Transformer patched with a feature: its WaveTransformer with a KV cache (``build``). A checkpoint is a
+    ``WaveTransformer.save()`` directory or a state-dict file (``_read_checkpoint``); its transformer config is the
+    base the options update (``WaveExportConfig.from_options``).
 
     Raises ``TargetError`` (not patched, bad options, the target's code fails, the cached model differs from the
     model), ``CheckpointRefused``, ``FileNotFoundError``.
     """
-    from tsattn.examples import imports_from
-    from tsattn.export.exporter import _stepwise, eager_runner
 
-    target = open_patched(repo, KIND, feature)
-    seed = 0 if seed is None else int(seed)
-    state = None
-    base_model: Dict[str, Any] = dict(TINY_MODEL)
-    enc_config: Dict[str, Any] = {}
-    dec_config: Dict[str, Any] = {}
-    if checkpoint is not None:
-        state, ckpt_model, enc_config, dec_config = _read_checkpoint(checkpoint)
-        base_model = dict(ckpt_model) if ckpt_model else dict(base_model)
-    config = WaveExportConfig.from_options(options, base_model)
-    if checkpoint is None:  # random weights: the feature's flags on, unless the options say otherwise
-        for flag in FEATURE_FLAGS[feature]:
-            config.model.setdefault(flag, True)
-        if config.model.get("use_mrwp"):
-            for k, v in TINY_MRWP.items():
-                config.model.setdefault(k, v)
-    flash = {"model": bool(config.model.get("use_flash", True))}
-    config.model["use_flash"] = False
+    kind = KIND
+    random_weights = ("not a trained model, a tiny config; pass --checkpoint (a WaveTransformer.save() directory) "
+                      "for trained weights")
 
-    src = target.root / "src"
-    with imports_from(src, target.root) as load, \
-            target_code(f"importing WaveTransformer and its encoder/decoder from {target.root}", target.root, _hint):
-        model_cls = getattr(load(MODEL_MODULE), "WaveTransformer")
-        enc_cls = _class(load, config.encoder, target.root, "encoder")
-        dec_cls = _class(load, config.decoder, target.root, "decoder")
-    names, _ = _accepts(model_cls)
-    unknown = sorted(set(config.model) - names)
-    if unknown:
-        missing_flags = [k for k in unknown if k.startswith("use_")]
-        raise TargetError(f"{', '.join(unknown)}: not argument(s) of WaveTransformer.__init__ in {target.root}"
-                          + (f" (is it patched with the feature of {missing_flags}? run `tsattn-inject --target "
-                             f"{target.root} --feature ...`)" if missing_flags else "")
-                          + f"; it takes {sorted(names - {'wave_encoder', 'wave_decoder'})}")
-    h = config.model.get("num_harmonics", inspect.signature(model_cls.__init__).parameters["num_harmonics"].default)
-    vocab = config.vocab_size or enc_config.get("vocab_size") or dec_config.get("vocab_size") or 40
-    inferred: Dict[str, int] = {}
-    for what, cls, saved, prefix in (("encoder", enc_cls, enc_config, "wave_encoder."),
-                                     ("decoder", dec_cls, dec_config, "wave_decoder.")):
-        given = config.encoder_kwargs if what == "encoder" else config.decoder_kwargs
-        length = _table_length(state, prefix)
-        if length is not None and "max_seq_len" not in saved and "max_seq_len" not in given \
-                and "max_seq_len" in _accepts(cls)[0]:
-            saved["max_seq_len"] = inferred[f"{what}.max_seq_len"] = length  # upstream's save() omits it
-    enc_kwargs = _kwargs(enc_cls, {"vocab_size": vocab, "num_harmonics": h}, {**enc_config, **config.encoder_kwargs},
-                         "encoder")
-    dec_kwargs = _kwargs(dec_cls, {"vocab_size": vocab, "num_harmonics": h},
-                         {**dec_config, **config.decoder_kwargs}, "decoder")
-    if "use_flash" in _accepts(dec_cls)[0] or "use_flash" in dec_kwargs:
-        flash["decoder"] = bool(dec_kwargs.get("use_flash", False))
-        dec_kwargs["use_flash"] = False
+    ckpt_model: Mapping[str, Any] = {}  # the checkpoint's transformer, encoder and decoder configs (read-only)
+    enc_config: Mapping[str, Any] = {}
+    dec_config: Mapping[str, Any] = {}
 
-    with target_code(f"building WaveTransformer from {target.root}", target.root, _hint), quiet():
-        torch.manual_seed(seed)
-        encoder = enc_cls(**enc_kwargs)
-        decoder = dec_cls(**dec_kwargs)
-        model = model_cls(encoder, decoder, **config.model)
-    if state is not None:
-        load_weights(model, state, checkpoint)
-    model.eval()
+    def read_checkpoint(self, path: Path):
+        state, self.ckpt_model, self.enc_config, self.dec_config = _read_checkpoint(path)
+        return state, None  # the checkpoint's config is the model's base, not options
 
-    cached = CachedWaveTransformer(copy.deepcopy(model), config.input_name).eval()
-    embeddings = [m for m in encoder.modules() if isinstance(m, nn.Embedding)]
-    vocab_in = int(embeddings[0].num_embeddings) if embeddings else int(vocab)
-    probe = torch.randint(0, vocab_in, (2, 7), generator=torch.Generator().manual_seed(seed + 11))
-    with target_code("running WaveTransformer's forward", target.root, _hint), torch.no_grad(), quiet():
-        want = model({config.input_name: probe}, causal=True)
-        slots, got = cached.layout(probe)
-    if not isinstance(want, Tensor) or want.dim() != 3:
-        raise TargetError(f"WaveTransformer's forward returned {type(want).__name__}"
-                          f"{tuple(want.shape) if isinstance(want, Tensor) else ''}; the export needs logits "
-                          f"(batch, seq, vocab) from the decoder")
-    if not slots:
-        raise TargetError("the model calls no attention tsattn can cache (MultiQueryFlashAttention, "
-                          "PhaseCoherentAttention, RotaryAttention): nothing to export as a decode step")
-    diff = float((got - want).abs().max())
-    if not diff <= CHECK_TOL:
-        raise TargetError(f"the cached WaveTransformer differs from {target.root}'s own forward by {diff:.3g} > "
-                          f"{CHECK_TOL} with an empty cache: a MultiQueryFlashAttention whose manual path differs "
-                          f"from upstream's b33e609 (q/kv projections, YaRN, scale, causal mask, decay bias)?")
-    tables = [s.positions for s in slots if isinstance(s, _CachedMultiQuery) and s.positions is not None]
-    max_context = min(tables) if tables else int(getattr(model, "max_seq_len", config.model.get("max_seq_len", 512)))
-    if max_context < MIN_CONTEXT:
-        raise TargetError(f"max_seq_len {max_context} is too short to export and check (at least {MIN_CONTEXT})")
-    spec = wave_spec(config.input_name, vocab_in, int(want.shape[-1]), slots, max_context)
-    exported = FlatCache(cached, n_inputs=1, layers=len(slots), parts=[len(s.parts) for s in slots]).eval()
+    def checkpoint_file(self) -> Optional[Path]:
+        path = self.checkpoint
+        return path / "transformer_state_dict.pt" if path is not None and path.is_dir() else path
 
-    eager = eager_runner(exported)
-    with target_code("decoding step by step with the cache", target.root, _hint), quiet():
-        rows = _stepwise(spec, eager, eager, "eager")
-    worst = max((r["max_abs_err"] for r in rows if r["max_abs_err"] is not None), default=math.inf)
-    if not all(r["ok"] for r in rows) or not worst <= CHECK_TOL:
-        suspects = _suspects(model)
-        raise TargetError(f"step-by-step decoding with the cache differs from one forward by {worst:.3g} (tol "
-                          f"{CHECK_TOL}): the model mixes positions somewhere tsattn does not cache"
-                          + (f"; suspects: {', '.join(suspects)}" if suspects else
-                             " (an encoder or decoder with absolute position embeddings?)")
-                          + ". Cached: MultiQueryFlashAttention, PhaseCoherentAttention, RotaryAttention, "
-                            "AdaptiveHarmonicSelector")
+    def build(self) -> Exportable:
+        from tsattn.examples import imports_from
+        from tsattn.export.exporter import _stepwise, eager_runner
 
-    weights = ("checkpoint" if checkpoint is not None else
-               f"random (seed {seed}): not a trained model, a tiny config; pass --checkpoint (a WaveTransformer.save() "
-               f"directory) for trained weights")
-    flags = {k: v for k, v in config.model.items() if k.startswith(("use_", "ahs_", "fcl_", "pcca_", "mrwp_",
-                                                                       "pyramid_", "wcmha_"))}
-    source = target.source(
-        model=f"{MODEL_MODULE}.WaveTransformer",
-        encoder={"class": config.encoder, "kwargs": enc_kwargs},
-        decoder={"class": config.decoder, "kwargs": dec_kwargs},
-        exported=["logits"],
-        config=config.to_dict(),
-        flags=flags,
-        use_flash={"built": False, "configured": flash,
-                   "note": "the export builds the manual attention path; flash_attn (CUDA, half precision) computes "
-                           "the same attention"},
-        cache_check={"max_abs_diff_vs_model": diff, "tol": CHECK_TOL, "sizes": {"batch": 2, "seq": 7}},
-        stepwise_check={"max_abs_err": worst, "tol": CHECK_TOL, "steps": list(STEPWISE)},
-        max_positions=max_context,
-        inferred_from_checkpoint=inferred,
-        weights=weights,
-        seed=None if checkpoint is not None else seed,
-        checkpoint=None if checkpoint is None else {
-            "path": str(checkpoint),
-            "sha256": sha256_file(checkpoint / "transformer_state_dict.pt" if Path(checkpoint).is_dir() else checkpoint)},
-    )
-    return Exportable(exported, spec, source)
+        target, feature, seed, state, checkpoint = self.target, self.feature, self.seed, self.state, self.checkpoint
+        base_model: Dict[str, Any] = dict(self.ckpt_model or TINY_MODEL)
+        enc_config, dec_config = dict(self.enc_config), dict(self.dec_config)
+        config = WaveExportConfig.from_options(self.fields, base_model)
+        if checkpoint is None:  # random weights: the feature's flags on, unless the options say otherwise
+            if feature not in FEATURE_FLAGS:
+                raise TargetError(f"feature {feature!r} has a recipe but no WaveTransformer flags in "
+                                  f"tsattn.export.wave.FEATURE_FLAGS (known: {sorted(FEATURE_FLAGS)})")
+            for flag in FEATURE_FLAGS[feature]:
+                config.model.setdefault(flag, True)
+            if config.model.get("use_mrwp"):
+                for k, v in TINY_MRWP.items():
+                    config.model.setdefault(k, v)
+        flash = {"model": bool(config.model.get("use_flash", True))}
+        config.model["use_flash"] = False
+
+        src = target.root / "src"
+        importing = f"importing WaveTransformer and its encoder/decoder from {target.root}"
+        with imports_from(src, target.root) as load, target_code(importing, target.root, _hint):
+            model_cls = getattr(load(MODEL_MODULE), "WaveTransformer")
+            enc_cls = _class(load, config.encoder, target.root, "encoder")
+            dec_cls = _class(load, config.decoder, target.root, "decoder")
+        names, _ = _accepts(model_cls)
+        unknown = sorted(set(config.model) - names)
+        if unknown:
+            missing_flags = [k for k in unknown if k.startswith("use_")]
+            raise TargetError(f"{', '.join(unknown)}: not argument(s) of WaveTransformer.__init__ in {target.root}"
+                              + (f" (is it patched with the feature of {missing_flags}? run `tsattn-inject --target "
+                                 f"{target.root} --feature ...`)" if missing_flags else "")
+                              + f"; it takes {sorted(names - {'wave_encoder', 'wave_decoder'})}")
+        h = config.model.get("num_harmonics", inspect.signature(model_cls.__init__).parameters["num_harmonics"].default)
+        vocab = config.vocab_size or enc_config.get("vocab_size") or dec_config.get("vocab_size") or 40
+        inferred: Dict[str, int] = {}
+        for what, cls, saved, prefix in (("encoder", enc_cls, enc_config, "wave_encoder."),
+                                         ("decoder", dec_cls, dec_config, "wave_decoder.")):
+            given = config.encoder_kwargs if what == "encoder" else config.decoder_kwargs
+            length = _table_length(state, prefix)
+            if length is not None and "max_seq_len" not in saved and "max_seq_len" not in given \
+                    and "max_seq_len" in _accepts(cls)[0]:
+                saved["max_seq_len"] = inferred[f"{what}.max_seq_len"] = length  # upstream's save() omits it
+        enc_kwargs = _kwargs(enc_cls, {"vocab_size": vocab, "num_harmonics": h},
+                             {**enc_config, **config.encoder_kwargs}, "encoder")
+        dec_kwargs = _kwargs(dec_cls, {"vocab_size": vocab, "num_harmonics": h},
+                             {**dec_config, **config.decoder_kwargs}, "decoder")
+        if "use_flash" in _accepts(dec_cls)[0] or "use_flash" in dec_kwargs:
+            flash["decoder"] = bool(dec_kwargs.get("use_flash", False))
+            dec_kwargs["use_flash"] = False
+
+        with target_code(f"building WaveTransformer from {target.root}", target.root, _hint), quiet():
+            torch.manual_seed(seed)
+            encoder = enc_cls(**enc_kwargs)
+            decoder = dec_cls(**dec_kwargs)
+            model = model_cls(encoder, decoder, **config.model)
+        self.load_weights(model)
+        model.eval()
+
+        cached = CachedWaveTransformer(copy.deepcopy(model), config.input_name).eval()
+        embeddings = [m for m in encoder.modules() if isinstance(m, nn.Embedding)]
+        vocab_in = int(embeddings[0].num_embeddings) if embeddings else int(vocab)
+        probe = torch.randint(0, vocab_in, (2, 7), generator=torch.Generator().manual_seed(seed + 11))
+        with target_code("running WaveTransformer's forward", target.root, _hint), torch.no_grad(), quiet():
+            want = model({config.input_name: probe}, causal=True)
+            slots, got = cached.layout(probe)
+        if not isinstance(want, Tensor) or want.dim() != 3:
+            raise TargetError(f"WaveTransformer's forward returned {type(want).__name__}"
+                              f"{tuple(want.shape) if isinstance(want, Tensor) else ''}; the export needs logits "
+                              f"(batch, seq, vocab) from the decoder")
+        if not slots:
+            raise TargetError("the model calls no attention tsattn can cache (MultiQueryFlashAttention, "
+                              "PhaseCoherentAttention, RotaryAttention): nothing to export as a decode step")
+        diff = float((got - want).abs().max())
+        if not diff <= CHECK_TOL:
+            raise TargetError(f"the cached WaveTransformer differs from {target.root}'s own forward by {diff:.3g} > "
+                              f"{CHECK_TOL} with an empty cache: a MultiQueryFlashAttention whose manual path differs "
+                              f"from upstream's b33e609 (q/kv projections, YaRN, scale, causal mask, decay bias)?")
+        tables = [s.positions for s in slots if isinstance(s, _CachedMultiQuery) and s.positions is not None]
+        max_context = min(tables) if tables else int(getattr(model, "max_seq_len",
+                                                             config.model.get("max_seq_len", 512)))
+        if max_context < MIN_CONTEXT:
+            raise TargetError(f"max_seq_len {max_context} is too short to export and check (at least {MIN_CONTEXT})")
+        spec = wave_spec(config.input_name, vocab_in, int(want.shape[-1]), slots, max_context)
+        exported = FlatCache(cached, n_inputs=1, layers=len(slots), parts=[len(s.parts) for s in slots]).eval()
+
+        eager = eager_runner(exported)
+        with target_code("decoding step by step with the cache", target.root, _hint), quiet():
+            rows = _stepwise(spec, eager, eager, "eager")
+        worst = max((r["max_abs_err"] for r in rows if r["max_abs_err"] is not None), default=math.inf)
+        if not all(r["ok"] for r in rows) or not worst <= CHECK_TOL:
+            suspects = _suspects(model)
+            raise TargetError(f"step-by-step decoding with the cache differs from one forward by {worst:.3g} (tol "
+                              f"{CHECK_TOL}): the model mixes positions somewhere tsattn does not cache"
+                              + (f"; suspects: {', '.join(suspects)}" if suspects else
+                                 " (an encoder or decoder with absolute position embeddings?)")
+                              + ". Cached: MultiQueryFlashAttention, PhaseCoherentAttention, RotaryAttention, "
+                                "AdaptiveHarmonicSelector")
+
+        flags = {k: v for k, v in config.model.items() if k.startswith(("use_", "ahs_", "fcl_", "pcca_", "mrwp_",
+                                                                           "pyramid_", "wcmha_"))}
+        source = self.source(
+            model=f"{MODEL_MODULE}.WaveTransformer",
+            encoder={"class": config.encoder, "kwargs": enc_kwargs},
+            decoder={"class": config.decoder, "kwargs": dec_kwargs},
+            exported=["logits"],
+            config=config.to_dict(),
+            flags=flags,
+            use_flash={"built": False, "configured": flash,
+                       "note": "the export builds the manual attention path; flash_attn (CUDA, half precision) "
+                               "computes the same attention"},
+            cache_check={"max_abs_diff_vs_model": diff, "tol": CHECK_TOL, "sizes": {"batch": 2, "seq": 7}},
+            stepwise_check={"max_abs_err": worst, "tol": CHECK_TOL, "steps": list(STEPWISE)},
+            max_positions=max_context,
+            inferred_from_checkpoint=inferred,
+        )
+        return Exportable(exported, spec, source)
+
+
+build_wave_export = WaveExport.export
