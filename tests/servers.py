@@ -24,15 +24,17 @@ V2_DTYPES = {np.dtype("float32"): "FP32", np.dtype("float64"): "FP64", np.dtype(
              np.dtype("int32"): "INT32", np.dtype("bool"): "BOOL"}
 
 
-def stop(proc: subprocess.Popen, timeout: float = 15) -> None:
-    """SIGTERM, then SIGKILL if it does not stop in time."""
+def stop(proc: subprocess.Popen, timeout: float = 15) -> Optional[int]:
+    """SIGTERM, then SIGKILL if it does not stop in time; the exit status after SIGTERM (None: it was killed)."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=timeout)
+            return proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=timeout)
+            return None
+    return proc.returncode
 
 
 class Served(NamedTuple):

@@ -430,3 +430,19 @@ def test_seed002_models_stream_through_oip(tmp_path, name):
         streamed = np.concatenate([g[out.name] for g in got], axis=out.time_axis)
         assert np.abs(streamed[0] - want[out.name]).max() <= 1e-5
         assert np.abs(whole[out.name] - streamed).max() <= 1e-4
+
+
+def test_an_evicted_sequence_answers_410_then_needs_start(ref):
+    """The runtime evicts a sequence's stream (max_streams=1): its next request is 410 naming why, and the id is
+    forgotten: the one after needs START again."""
+    runtime = load(ref[0], device="cpu", max_streams=1)
+    url = "/v2/models/reference/infer"
+    body = {"inputs": [{"name": "values", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}]}
+    with TestClient(create_app(runtime)) as c:
+        assert c.post(url, json=dict(body, parameters={"sequence_id": 1, "sequence_start": True})).status_code == 200
+        assert c.post(url, json=dict(body, parameters={"sequence_id": 2, "sequence_start": True})).status_code == 200
+        _v2_error(c.post(url, json=dict(body, parameters={"sequence_id": 1})), 410, "evicted")
+        _v2_error(c.post(url, json=dict(body, parameters={"sequence_id": 1})), 400, "START flag")
+        assert c.post(url, json=dict(body, parameters={"sequence_id": 2, "sequence_end": True})).status_code == 200
+        assert runtime.stats()["active_streams"] == 0
+    runtime.shutdown()
