@@ -446,3 +446,16 @@ def test_an_evicted_sequence_answers_410_then_needs_start(ref):
         assert c.post(url, json=dict(body, parameters={"sequence_id": 2, "sequence_end": True})).status_code == 200
         assert runtime.stats()["active_streams"] == 0
     runtime.shutdown()
+
+
+def test_openapi_documents_the_v2_paths(app_client):
+    paths = app_client.get("/openapi.json").json()["paths"]
+    assert {"/v2", "/v2/health/live", "/v2/health/ready", "/v2/models/{name}", "/v2/models/{name}/ready",
+            "/v2/models/{name}/infer", "/v2/repository/index"} <= set(paths)
+    infer = paths["/v2/models/{name}/infer"]["post"]
+    body = infer["requestBody"]["content"]["application/json"]["schema"]
+    assert body["required"] == ["inputs"] and "sequence_id" in body["properties"]["parameters"]["properties"]
+    assert infer["responses"]["422"]["content"]["application/json"]["schema"]["required"] == ["error"]
+    # every /v2 route the app serves is documented
+    served = {r.path for r in app_client.app.routes if getattr(r, "path", "").startswith("/v2")}
+    assert {p for p in served if "/versions/" not in p} == {p for p in paths if p.startswith("/v2")}

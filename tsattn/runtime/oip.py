@@ -616,6 +616,60 @@ def routes(runtime: Runtime, *, predicts: threading.BoundedSemaphore, max_concur
     return table
 
 
+def openapi_paths() -> Dict[str, Any]:
+    """The /v2 paths for the app's OpenAPI document: the bodies as the Open Inference Protocol defines them (the
+    binary tensor extension is a JSON header of Inference-Header-Content-Length bytes, then raw data)."""
+    tensor = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
+        "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "datatype": {"enum": sorted(DATATYPES)}, "data": {"type": "array", "description": "row-major values"},
+        "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer"}}}}}
+    request = {"type": "object", "required": ["inputs"], "additionalProperties": False, "properties": {
+        "id": {"type": "string"}, "inputs": {"type": "array", "items": tensor, "minItems": 1},
+        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string"}, "parameters": {"type": "object", "properties": {
+                "binary_data": {"type": "boolean"}}}}}},
+        "parameters": {"type": "object", "properties": {
+            "sequence_id": {"oneOf": [{"type": "integer", "minimum": 0}, {"type": "string"}],
+                            "description": "a sequence is a stream; 0 or absent: a stateless forward"},
+            "sequence_start": {"type": "boolean"}, "sequence_end": {"type": "boolean"},
+            "binary_data_output": {"type": "boolean"}}}}}
+    response = {"type": "object", "required": ["model_name", "outputs"], "properties": {
+        "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
+        "outputs": {"type": "array", "items": tensor}}}
+    error = {"description": "v2 error", "content": {JSON: {"schema": {
+        "type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}}}}
+    errors = {str(c): error for c in (400, 401, 404, 409, 410, 413, 422, 429, 503)}
+
+    def get(summary: str, body: Optional[Dict[str, Any]] = None, params: Sequence[str] = ()) -> Dict[str, Any]:
+        ok: Dict[str, Any] = {"description": "OK"}
+        if body is not None:
+            ok["content"] = {JSON: {"schema": body}}
+        return {"summary": summary, "tags": ["oip"], "responses": {"200": ok, "401": error, "404": error},
+                "parameters": [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+                               for p in params]}
+
+    metadata = {"type": "object", "properties": {"name": {"type": "string"}, "versions": {"type": "array"},
+                                                 "platform": {"type": "string"}, "inputs": {"type": "array"},
+                                                 "outputs": {"type": "array"}}}
+    infer = {"summary": "Infer: a stateless forward, or a sequence's step (parameters.sequence_id)", "tags": ["oip"],
+             "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+             "requestBody": {"required": True, "content": {JSON: {"schema": request},
+                                                           "application/octet-stream": {"schema": {
+                                                               "type": "string", "format": "binary"}}}},
+             "responses": {"200": {"description": "OK", "content": {JSON: {"schema": response},
+                                                                    "application/octet-stream": {"schema": {
+                                                                        "type": "string", "format": "binary"}}}},
+                           **errors}}
+    return {"/v2": {"get": get("Server metadata (Open Inference Protocol)", {"type": "object"})},
+            "/v2/health/live": {"get": get("Liveness (no token needed)")},
+            "/v2/health/ready": {"get": get("Readiness (no token needed)")},
+            "/v2/models/{name}": {"get": get("Model metadata: inputs and outputs", metadata, ("name",))},
+            "/v2/models/{name}/ready": {"get": get("Model readiness", None, ("name",))},
+            "/v2/models/{name}/infer": {"post": infer},
+            "/v2/repository/index": {"post": dict(get("The served model", {"type": "array"}), summary="Repository "
+                                                                                                   "index")}}
+
+
 class _Routes(list):
     """The route list, carrying the ``Service`` behind it (``.service``) for the gRPC server."""
 
@@ -623,4 +677,4 @@ class _Routes(list):
 
 
 __all__ = ["DATATYPES", "InferRequest", "OPEN_PATHS", "OipError", "Sequences", "Service", "Step",
-           "encode_response", "parse_infer", "retry_headers", "routes"]
+           "encode_response", "openapi_paths", "parse_infer", "retry_headers", "routes"]

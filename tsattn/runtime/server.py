@@ -562,6 +562,7 @@ def create_app(runtime: Runtime, *, token: Optional[str] = None, max_body_bytes:
     v2 = oip.routes(runtime, predicts=predicts, max_concurrent_predicts=max_concurrent_predicts,
                     append_timeout_s=append_timeout_s)
     routes += v2
+    schema["paths"].update(oip.openapi_paths())
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HttpError: on_http_error, ServingError: on_serving_error,
                                         StarletteHTTPException: on_starlette_error})
