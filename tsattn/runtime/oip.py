@@ -9,15 +9,23 @@ for a Triton cluster.
     POST /v2/repository/index                    [{"name", "version", "state"}]
 
 Tensors are the graph's tensors in the graph's layout, batch axis included (what the ``--triton-repo`` entry takes,
-``max_batch_size: 0``): for the reference export ``values`` ``[rows, n]`` in, ``forecast`` ``[rows, n, horizon]``
-out; the cache tensors never appear. The metadata lists them.
+``max_batch_size: 0``); which ones a request carries is the manifest's task contract (``manifest.task``), read
+here and nowhere guessed: a sequence's requests carry the task's step inputs and answer its step outputs for the
+new steps (the reference export: ``values`` ``[rows, n]`` in, ``forecast`` ``[rows, n, horizon]`` out;
+Hephaestus: ``numeric_inputs`` ``[rows, 3, n]`` and ``categorical_inputs`` in, ``numeric`` and ``categorical``
+out); an encoder-decoder's first request carries the encoder's inputs too. The cache tensors never appear. The
+metadata lists the tensors.
 
 Sequences (Triton's sequence extension) are streams: ``parameters.sequence_id`` (a positive integer or a
 non-empty string) names the sequence; ``sequence_start: true`` opens a stream for it (closing one that the id
 named before), ``sequence_end: true`` closes it after its request; every request of a sequence appends its
-steps to the stream and answers the outputs of those steps. A request without a ``sequence_id`` is a stateless
-forward (the runtime's ``predict``: caches empty); an export without a cache (stateless) has only that. An id
-that was never started answers 400, as Triton does; a stream evicted meanwhile 410.
+steps to the stream (``Runtime.append_async`` with the step inputs by name) and answers the outputs of those
+steps. A request without a ``sequence_id`` is a stateless forward (the runtime's ``predict``: caches empty); an
+export without a cache (stateless) has only that. An id that was never started answers 400, as Triton does; a
+stream evicted meanwhile 410 (and the id is forgotten); a cache that does not slide, full, 409.
+
+``Service`` is the protocol-independent part (names, tensors, sequences, runtime calls); this module's routes
+speak HTTP, ``tsattn.runtime.oip_grpc`` speaks gRPC on the same ``Service``.
 
 Binary tensors: a request whose header ``Inference-Header-Content-Length`` is N has N bytes of JSON, then the
 raw little-endian data of every input whose ``parameters.binary_data_size`` is set, in input order. Outputs are
