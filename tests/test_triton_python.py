@@ -130,3 +130,17 @@ def test_export_cli_triton_backend_flag(tmp_path, capsys):
         cli.main(argv[:-1] + [str(tmp_path / "b"), "--triton-backend", "tensorrt"])
     with pytest.raises(TritonRepoError, match="backend must be one of"):
         write_triton_repo(tmp_path / "a", tmp_path / "tr2", backend="tensorrt")
+
+
+def test_only_numpys_report_on_consumed_capsules_is_kept_out_of_the_log():
+    from types import SimpleNamespace
+
+    from tsattn.export.triton_python_model import CAPSULE_NAME_ERROR, _quiet_consumed_capsules
+
+    seen = []
+    hook = _quiet_consumed_capsules(seen.append)
+    hook(SimpleNamespace(exc_value=ValueError(CAPSULE_NAME_ERROR)))
+    other = [SimpleNamespace(exc_value=ValueError("something else")), SimpleNamespace(exc_value=KeyError("x"))]
+    for u in other:
+        hook(u)
+    assert seen == other

@@ -6,6 +6,7 @@ the one the ``nvidia-pytriton`` wheel ships: .ci/run)."""
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +44,10 @@ def triton(exports):
     if backends is None:
         pytest.skip(why)
     repo = root / "models"
+    # in a virtual environment, the stub runs in it (EXECUTION_ENV_PATH); else it embeds this interpreter's libpython
+    env = sys.prefix if sys.prefix != sys.base_prefix else None
     for name in ("reference", "window", "hephaestus"):
-        write_triton_repo(exports[name], repo, backend="python")  # named as the export is: the same client code
+        write_triton_repo(exports[name], repo, backend="python", python_env=env)  # named as the export: same client
     log = root / "tritonserver.log"
     try:
         with tritonserver(ROOT, backends, repo, log) as url:

@@ -13,15 +13,21 @@ sequence batcher's idle limit is dropped too (Triton has freed that sequence's s
 (not started, or dropped) is an error naming the sequence; so is one that would pass a cache that does not slide
 (absolute positions). An export without a cache is stateless: each request is one forward.
 
-Tensors cross the stub by DLPack, not by ``as_numpy()`` / ``Tensor(name, ndarray)``: the stub's pybind11 NumPy
-interop is compiled against the NumPy 1.x ABI, and under NumPy 2 it reads input data as zeros and gives outputs a
-byte size of 0 (Triton then answers "output tensor shape does not match size of output"). DLPack works with both.
+Under NumPy 2, tensors cross the stub by DLPack, not by ``as_numpy()`` / ``Tensor(name, ndarray)``: the stub's
+pybind11 NumPy interop (the nvidia-pytriton wheel's stubs, Triton 2.51) is compiled against the NumPy 1.x ABI, and
+under NumPy 2 it reads input data wrongly (zeros, or the first value repeated) and gives outputs a byte size of 0
+(Triton then answers "output tensor shape does not match size of output"). Under NumPy 1.x the stub's own
+conversions are the ones that work (its ``Tensor.from_dlpack`` of a NumPy 1.x array fails on the capsule's name).
+The stub marks a DLPack capsule it consumed ``used_dlpack`` where the protocol says ``used_dltensor``, so NumPy 2's
+capsule destructor reports "PyCapsule_GetPointer called with incorrect name" (an unraisable error) and frees
+nothing, which is right: the stub's deleter frees the tensor. That one report is kept out of the server's log.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections import OrderedDict
 from typing import Any, Dict, List, Mapping, Optional, Tuple
@@ -120,8 +126,29 @@ class SequenceModel:
         return len(self._caches)
 
 
+NUMPY_2 = int(np.__version__.split(".")[0]) >= 2  # see the module docstring: how tensors cross the stub
+
+
 def _numpy(tensor) -> np.ndarray:
-    return np.from_dlpack(tensor)  # see the module docstring: not tensor.as_numpy()
+    return np.from_dlpack(tensor) if NUMPY_2 else tensor.as_numpy()
+
+
+CAPSULE_NAME_ERROR = "PyCapsule_GetPointer called with incorrect name"
+
+
+def _quiet_consumed_capsules(hook):
+    """``sys.unraisablehook`` without NumPy's report on the capsules the stub consumed (see the module docstring)."""
+    def filtered(unraisable) -> None:
+        if isinstance(unraisable.exc_value, ValueError) and str(unraisable.exc_value) == CAPSULE_NAME_ERROR:
+            return
+        hook(unraisable)
+
+    return filtered
+
+
+def _tensor(name: str, array: np.ndarray):
+    array = np.ascontiguousarray(array)
+    return pb_utils.Tensor.from_dlpack(name, array) if NUMPY_2 else pb_utils.Tensor(name, array)
 
 
 class TritonPythonModel:
@@ -135,6 +162,8 @@ class TritonPythonModel:
         self.model = SequenceModel(model_dir, threads=int(params.get("threads") or 1),
                                    idle_s=None if not idle_us else int(idle_us) / 1e6)
         self.sequence = "sequence_batching" in config
+        if NUMPY_2:
+            sys.unraisablehook = _quiet_consumed_capsules(sys.unraisablehook)
 
     def execute(self, requests):
         responses = []
@@ -151,7 +180,7 @@ class TritonPythonModel:
                     end = bool(_numpy(pb_utils.get_input_tensor_by_name(request, "END")).reshape(-1)[0])
                     corrid = int(_numpy(pb_utils.get_input_tensor_by_name(request, "CORRID")).reshape(-1)[0])
                 outputs = self.model.step(corrid, start, end, inputs)
-                tensors = [pb_utils.Tensor.from_dlpack(n, np.ascontiguousarray(a)) for n, a in outputs.items()]
+                tensors = [_tensor(n, a) for n, a in outputs.items()]
                 responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             except Exception as exc:  # one request's error, not the model's
                 responses.append(pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(
