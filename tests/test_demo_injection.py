@@ -14,3 +14,9 @@ def test_injection_steps_come_first_and_pass():
     assert "run again: already applied" in demo.step_inject(args)
     assert "byte-identical" in demo.step_patch(args)
     assert "text branch bit-identical" in demo.step_calf_model(args)
+
+
+def test_the_hephaestus_streaming_step_exports_and_streams():
+    text = demo.step_stream_hephaestus(argparse.Namespace(length=256))
+    assert "equal one stateless predict" in text and "refused (409), the stream unchanged at 202 steps" in text
+    assert demo.STEPS[-1][1] is demo.step_stream_hephaestus
