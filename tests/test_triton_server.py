@@ -5,9 +5,7 @@ the one the ``nvidia-pytriton`` wheel ships: .ci/run)."""
 
 from __future__ import annotations
 
-import shutil
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,7 +23,6 @@ ROOT, WHY = triton_install()
 pytestmark = [pytest.mark.skipif(ROOT is None, reason=WHY), pytest.mark.usefixtures("one_torch_thread")]
 
 CHUNKS = (1, 3, 1, 7, 2, 5)
-LOG = Path("/tmp/tsattn-tests-tritonserver.log")
 
 
 @pytest.fixture(scope="module")
@@ -48,18 +45,13 @@ def triton(exports):
     env = sys.prefix if sys.prefix != sys.base_prefix else None
     for name in ("reference", "window", "hephaestus"):
         write_triton_repo(exports[name], repo, backend="python", python_env=env)  # named as the export: same client
-    log = root / "tritonserver.log"
-    try:
-        with tritonserver(ROOT, backends, repo, log) as url:
-            client = httpclient.InferenceServerClient(url, network_timeout=60)
-            yield client
-            client.close()
-    finally:
-        if log.exists():
-            shutil.copyfile(log, LOG)  # kept for a look after the run
+    with tritonserver(ROOT, backends, repo, root / "tritonserver.log") as url:  # the log stays in pytest's tmp
+        client = httpclient.InferenceServerClient(url, network_timeout=60)
+        yield client
+        client.close()
 
 
-def test_tritonserver_loads_both_entries(triton):
+def test_tritonserver_loads_every_entry(triton):
     assert triton.is_server_ready()
     index = {m["name"]: m.get("state") for m in triton.get_model_repository_index()}
     assert index == {"reference": "READY", "window": "READY", "hephaestus-local": "READY"}
@@ -77,6 +69,8 @@ def test_the_same_client_streams_the_same_outputs_from_triton_and_tsattn_serve(t
     from_triton = stream_sequence(triton, "reference", chunks, sequence_id=101, outputs=["forecast"], binary=binary)
     with tsattn_serve(exports["reference"]) as urls:
         client = httpclient.InferenceServerClient(urls.http, network_timeout=60)
+        for side in ("inputs", "outputs"):  # the same tensors, named and shaped alike
+            assert client.get_model_metadata("reference")[side] == triton.get_model_metadata("reference")[side]
         from_tsattn = stream_sequence(client, "reference", chunks, sequence_id=101, outputs=["forecast"],
                                       binary=binary)
         client.close()

@@ -10,6 +10,9 @@
     checkpoint.py  torch.load(weights_only=True) or refusal
     exporter.py    the one export loop: trace, check the graph's contract, parity, manifest, atomic rename
     cli.py         tsattn-export
+    triton.py      --triton-repo: a Triton model repository entry (ONNX Runtime backend, implicit state)
+    triton_python.py  --triton-backend python: an entry whose model.py (triton_python_model.py, copied verbatim)
+                   runs the graph with ONNX Runtime and keeps each sequence's cache
 
 This package's ``__init__`` imports nothing, so that ``tsattn.export.manifest`` stays importable without torch.
 """
