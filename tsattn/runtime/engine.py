@@ -53,17 +53,19 @@ if TYPE_CHECKING:
     import asyncio
 
 from tsattn.export.manifest import CacheSpec, GraphSpec, Manifest, ManifestError, TensorSpec, load_manifest
+from tsattn.runtime import limits
 from tsattn.runtime.cacheops import CacheOps
+from tsattn.runtime.chunked import finite_rows, run_cached
 from tsattn.runtime.device import Placement, open_session, placement
-from tsattn.runtime.errors import (InputError, NotSupported, Overloaded, StreamEvicted, TooManyStreams,
-                                   TooManyValues, UnknownStream)
+from tsattn.runtime.errors import (InputError, NonFiniteOutput, NotSupported, OffsetMismatch, Overloaded,
+                                   StreamEvicted, TooManyStreams, TooManyValues, UnknownStream)
 
 log = logging.getLogger("tsattn.runtime")
 
 _NUMERIC_KINDS = "iuf"  # numpy kinds accepted as numbers: signed, unsigned, float (not bool, str, object)
 _EVICTED_MEMORY = 10_000
 COUNTERS = ("opened", "closed", "model_calls", "appends", "batched_calls", "batched_appends", "predict_calls",
-            "rejected_overloaded")
+            "rejected_overloaded", "rejected_offset", "rejected_nonfinite")
 DEFAULT_MAX_APPEND = 2048  # a prefill longer than the window is fine (stacked windows reach further back)  # evicted ids remembered, for a clear answer instead of "unknown"
 
 
@@ -115,11 +117,12 @@ class _Append:
     """A queued append: its stream, its values, and the future to resolve: a ``concurrent.futures.Future``, or an
     asyncio future of ``loop`` (resolved on that loop, one wake-up per batch)."""
 
-    __slots__ = ("stream", "values", "future", "loop", "queued")
+    __slots__ = ("stream", "values", "future", "loop", "queued", "offset")
 
-    def __init__(self, stream: Stream, values: np.ndarray, loop=None) -> None:
+    def __init__(self, stream: Stream, values: np.ndarray, loop=None, offset: Optional[int] = None) -> None:
         self.stream = stream
         self.values = values  # (rows, n, *features), the graph's dtype
+        self.offset = offset  # the stream's ``observed`` the caller expects before these values (None: any)
         self.loop = loop
         self.future = concurrent.futures.Future() if loop is None else loop.create_future()
         self.queued = time.perf_counter()
@@ -144,7 +147,7 @@ class Runtime:
     def __init__(self, manifest: Manifest, *, device: str = "auto", threads: Optional[int] = 1,
                  max_streams: int = 1024, max_cache_bytes: Optional[int] = 1 << 30,
                  idle_ttl_s: Optional[float] = 900.0, batch_window_ms: float = 0.0, max_batch: int = 64,
-                 max_pending: int = 4096, max_append: Optional[int] = None, max_predict_values: int = 1 << 22,
+                 max_pending: int = 4096, max_append: Optional[int] = None, max_predict_values: int = limits.DEFAULT_MAX_PREDICT_VALUES,
                  clock: Callable[[], float] = time.monotonic) -> None:
         for name, value in (("max_streams", max_streams), ("max_batch", max_batch), ("max_pending", max_pending),
                             ("max_predict_values", max_predict_values)):
@@ -267,6 +270,9 @@ class Runtime:
         sg = self._streams_or_raise()
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise InputError(f"channels must be a positive integer; got {channels!r}")
+        if channels > limits.MAX_CHANNELS:
+            raise TooManyValues(f"channels={channels}: a stream has at most {limits.MAX_CHANNELS} channels "
+                                f"(max_channels)")
         full = sg.cache.max_context
         if self.max_cache_bytes is not None and full is not None:
             need = sg.cache.bytes_per_position(self._itemsize) * full * channels
@@ -288,34 +294,51 @@ class Runtime:
             self._counters["opened"] += 1
         return stream
 
-    def append(self, stream: Union[Stream, str], observations: Any, timeout: Optional[float] = None) -> np.ndarray:
+    def append(self, stream: Union[Stream, str], observations: Any, timeout: Optional[float] = None,
+               offset: Optional[int] = None) -> np.ndarray:
         """Append observations to a stream and return the forecast after the last one.
 
         ``observations``: ``(n, *features)`` for a one-channel stream (a scalar for one value of a univariate
         model), ``(n, channels, *features)`` otherwise; numbers, finite, at most ``max_append``. Returns
         ``(*out,)`` or ``(*out, channels)``, e.g. ``(horizon,)`` / ``(horizon, C)`` for the reference model.
-        Raises ``InputError``, ``TooManyValues``, ``UnknownStream``/``StreamEvicted``, ``Overloaded``.
+        ``offset``: the number of values the caller expects the stream to have observed before these (its
+        ``observed``); when it differs, nothing is applied and ``OffsetMismatch`` (409) says the stream's count,
+        so that an append retried with the same offset is applied exactly once. A long append is stepped in
+        chunks (``tsattn.runtime.limits``). Raises ``InputError``, ``TooManyValues``, ``NonFiniteOutput`` (the
+        model's output would not be finite: the stream is left as it was), ``OffsetMismatch``,
+        ``UnknownStream``/``StreamEvicted``, ``Overloaded``.
         """
-        return self.submit(stream, observations).result(timeout).forecast
+        return self.submit(stream, observations, offset=offset).result(timeout).forecast
 
-    def submit(self, stream: Union[Stream, str], observations: Any) -> "concurrent.futures.Future[StepResult]":
+    def submit(self, stream: Union[Stream, str], observations: Any,
+               offset: Optional[int] = None) -> "concurrent.futures.Future[StepResult]":
         """Queue an append; the future resolves to a ``StepResult`` (or the error of the step). Input, unknown
-        streams and a full queue raise here, before anything is queued."""
-        return self._enqueue(stream, observations, None).future
+        streams, a full queue and an offset that already differs (nothing queued before it) raise here, before
+        anything is queued; an offset is checked again when the append runs, after the appends queued before it."""
+        return self._enqueue(stream, observations, None, offset).future
 
-    def append_async(self, stream: Union[Stream, str], observations: Any) -> "asyncio.Future[StepResult]":
+    def append_async(self, stream: Union[Stream, str], observations: Any,
+                     offset: Optional[int] = None) -> "asyncio.Future[StepResult]":
         """``submit`` for a caller on an asyncio event loop (call it from the loop): an asyncio future, resolved on
         the loop; the appends of one batched step cost the loop one wake-up. Cancelling it does not undo the step."""
         import asyncio
 
-        return self._enqueue(stream, observations, asyncio.get_running_loop()).future
+        return self._enqueue(stream, observations, asyncio.get_running_loop(), offset).future
 
-    def _enqueue(self, stream: Union[Stream, str], observations: Any, loop) -> _Append:
+    @staticmethod
+    def _offset_mismatch(s: Stream, offset: int) -> OffsetMismatch:
+        return OffsetMismatch(f"offset {offset} does not match stream {s.id!r}, which has observed {s.observed} "
+                              f"value(s) (length {s.length}); nothing was applied", s.observed, s.length)
+
+    def _enqueue(self, stream: Union[Stream, str], observations: Any, loop, offset: Optional[int] = None) -> _Append:
         sg = self._streams_or_raise()
         known = self._streams.get(stream.id if isinstance(stream, Stream) else str(stream))  # a dict read: atomic
         if known is None:
             with self._lock:
                 known = self._get_locked(stream)  # raises UnknownStream / StreamEvicted
+        if offset is not None and (isinstance(offset, bool) or not isinstance(offset, int) or offset < 0):
+            raise InputError(f"offset must be an integer >= 0 (the stream's observed count before these values); "
+                             f"got {offset!r}")
         values = self._observations(observations, known.rows, sg)
         with self._lock:
             now = self._clock()
@@ -324,11 +347,14 @@ class Runtime:
             if self.idle_ttl_s is not None and s._pending == 0 and now - s.last_used > self.idle_ttl_s:
                 self._evict_locked(s, "idle_ttl", f"idle for more than {self.idle_ttl_s:g} s (idle_ttl_s)")
                 s = self._get_locked(stream)  # raises StreamEvicted
+            if offset is not None and s._pending == 0 and offset != s.observed:
+                self._counters["rejected_offset"] += 1
+                raise self._offset_mismatch(s, offset)
             if len(self._queue) >= self.max_pending:
                 self._counters["rejected_overloaded"] += 1
                 raise Overloaded(f"{len(self._queue)} appends are queued (max_pending={self.max_pending})",
                                  retry_after=max(0.05, self.batch_window_s * 4))
-            request = _Append(s, values, loop)
+            request = _Append(s, values, loop, offset)
             s._pending += 1
             s.last_used = now
             self._streams.move_to_end(s.id)
@@ -348,6 +374,27 @@ class Runtime:
     def get_stream(self, stream: Union[Stream, str]) -> Stream:
         with self._lock:
             return self._get_locked(stream)
+
+    def stream_info(self, stream: Union[Stream, str]) -> Dict[str, Any]:
+        """What a client may know of an open stream: ``id``, ``model``, ``channels``, ``length`` (positions in its
+        cache), ``observed`` (values appended: the ``offset`` of the next append), ``pending`` (appends queued or
+        running), ``created`` / ``last_used`` (UTC, ISO 8601) and ``age_s`` / ``idle_s``. Raises
+        ``UnknownStream`` / ``StreamEvicted``."""
+        import datetime
+
+        with self._lock:
+            s = self._get_locked(stream)
+            now = self._clock()
+            info = {"id": s.id, "model": self.name, "channels": s.rows, "length": s.length, "observed": s.observed,
+                    "pending": s._pending, "age_s": now - s.opened, "idle_s": now - s.last_used}
+        wall = time.time()
+
+        def iso(seconds_ago: float) -> str:
+            stamp = datetime.datetime.fromtimestamp(wall - seconds_ago, datetime.timezone.utc)
+            return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+        info["created"], info["last_used"] = iso(info["age_s"]), iso(info["idle_s"])
+        return info
 
     def sweep(self) -> int:
         """Evict streams idle for longer than ``idle_ttl_s``; returns how many."""
@@ -419,18 +466,58 @@ class Runtime:
             raise InputError(f"unknown output(s) {bad} of graph {name!r}")
         import onnxruntime as ort
 
-        session = self.sessions[name]
-        io = session.io_binding()
-        dev, dev_id = self._device_type, self.placement.device_id
-        for n, a in arrays.items():
-            io.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(a, dev, dev_id))
-        for n in wanted:
-            io.bind_output(n, "cpu")
-        session.run_with_iobinding(io)
-        result = {n: v.numpy() for n, v in zip(wanted, io.get_outputs())}
+        result = self._predict_chunked(arrays, wanted) if cache is not None else None
+        if result is None:  # not the streaming cache graph: one call
+            session = self.sessions[name]
+            io = session.io_binding()
+            dev, dev_id = self._device_type, self.placement.device_id
+            for n, a in arrays.items():
+                io.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(a, dev, dev_id))
+            for n in wanted:
+                io.bind_output(n, "cpu")
+            session.run_with_iobinding(io)
+            result = {n: v.numpy() for n, v in zip(wanted, io.get_outputs())}
+        for n, v in result.items():
+            if v.dtype.kind in "fc" and not np.isfinite(v).all():
+                raise NonFiniteOutput(f"the model's output {n!r} for these inputs is not finite (NaN or Inf: a value "
+                                      f"too large for the model?)")
         with self._lock:
             self._counters["predict_calls"] += 1
         return result
+
+    def _predict_chunked(self, arrays: Dict[str, np.ndarray], wanted: List[str]) -> Optional[Dict[str, np.ndarray]]:
+        """A predict on the streaming cache graph in chunks (``limits.chunk_length`` positions, ``limits.row_groups``
+        rows per call), each chunk's presents fed back: bounded memory for any length. None when the graph or an
+        output asked for does not fit that contract (one call then)."""
+        sg = self._stream_graph
+        if sg is None or sg.input.name not in arrays:
+            return None
+        seq = self.manifest.task.get("sequence_dim")
+        presents = sg.cache.present_names()
+        axes: Dict[str, int] = {}
+        for n in wanted:
+            if n in presents:
+                continue
+            shape = sg.graph.output(n).shape
+            if not shape or shape[0] != sg.cache.batch_dim or seq not in shape:
+                return None
+            axes[n] = shape.index(seq)
+        values = arrays[sg.input.name]  # (B, L, *features)
+        rows, length = values.shape[:2]
+        past = [arrays[p] for p in sg.cache.past_names()]
+        fetch = list(axes)
+        pieces: Dict[str, List[np.ndarray]] = {n: [] for n in wanted}
+        for lo, hi in limits.row_groups(rows, length):
+            outs, last = run_cached(self.sessions[sg.graph.name], sg.input.name, values[lo:hi],
+                                    [p[lo:hi] for p in past], sg.cache.past_names(), presents, fetch,
+                                    self._device_type, self.placement.device_id, limits.chunk_length(1, length))
+            for n in wanted:
+                if n in axes:
+                    parts = [o[n] for o in outs]
+                    pieces[n].append(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axes[n]))
+                else:
+                    pieces[n].append(last[presents.index(n)].numpy())
+        return {n: p[0] if len(p) == 1 else np.concatenate(p, axis=0) for n, p in pieces.items()}
 
     def _graph_name(self, graph: Optional[str]) -> str:
         if graph is not None:
@@ -561,6 +648,8 @@ class Runtime:
 
     def _evict_lru_locked(self, reason: str, keep: Optional[set] = None) -> bool:
         for s in self._streams.values():  # least recently used first
+            if reason == "max_cache_bytes" and s.length == 0:
+                continue  # holds no cache: evicting it frees nothing
             if s._pending == 0 and (keep is None or s.id not in keep):
                 detail = {"max_streams": f"least recently used when {self.max_streams} streams were open "
                                          f"(max_streams)",
@@ -632,8 +721,7 @@ class Runtime:
                         return
                 groups = self._take_locked()
             for group in groups:
-                for start in range(0, len(group), self.max_batch):
-                    chunk = group[start : start + self.max_batch]
+                for chunk in _batches(group, self.max_batch, limits.CALL_POSITIONS):
                     try:
                         self._step(chunk)
                     except Exception as exc:  # a bug in the bookkeeping: fail these appends, keep the worker
@@ -705,14 +793,16 @@ class Runtime:
 
     def _step(self, group: List[_Append]) -> None:
         """One model call for ``group`` (same cache length, same number of new values), caches kept on device."""
-        import onnxruntime as ort
-
         sg = self._stream_graph
         with self._lock:  # streams closed since they were taken leave the step; the others' blocks are read here
             gone = [(r, None, self._gone(r.stream)) for r in group if r.stream._closed]
+            # an offset is checked here, after every append queued before it ran: applied at most once
+            gone += [(r, None, self._offset_mismatch(r.stream, r.offset)) for r in group
+                     if not r.stream._closed and r.offset is not None and r.offset != r.stream.observed]
+            self._counters["rejected_offset"] += sum(isinstance(e, OffsetMismatch) for _, _, e in gone)
             for r, _, _ in gone:
                 r.stream._pending -= 1
-            group = [r for r in group if not r.stream._closed]
+            group = [r for r in group if not r.stream._closed and (r.offset is None or r.offset == r.stream.observed)]
             blocks = [r.stream._block for r in group]
         if gone:
             _resolve(gone)
@@ -722,21 +812,15 @@ class Runtime:
             group, past = self._past(group, blocks)
             rows = [r.stream.rows for r in group]
             values = group[0].values if len(group) == 1 else np.concatenate([r.values for r in group], axis=0)
-            session = self.sessions[sg.graph.name]
-            io = session.io_binding()
-            dev, dev_id = self._device_type, self.placement.device_id
-            io.bind_ortvalue_input(sg.input.name, ort.OrtValue.ortvalue_from_numpy(values, dev, dev_id))
-            for name, value in zip(sg.cache.past_names(), past):
-                io.bind_ortvalue_input(name, value)
-            io.bind_output(sg.output.name, "cpu")  # the forecast goes to the host; the caches stay on the device
-            for name in sg.cache.present_names():
-                io.bind_output(name, dev, dev_id)
-            for name in sg.extra_outputs:
-                io.bind_output(name, "cpu")
-            session.run_with_iobinding(io)
-            out = io.get_outputs()
-            forecast = out[0].numpy()
-            block = _Block(list(out[1 : 1 + 2 * sg.cache.layers]), [r.stream for r in group])
+            # a long append runs in chunks (bounded memory), each chunk's presents the next one's past
+            total = sum(rows)
+            fetch = [sg.output.name, *sg.extra_outputs]
+            outs, presents = run_cached(self.sessions[sg.graph.name], sg.input.name, values, past,
+                                        sg.cache.past_names(), sg.cache.present_names(), fetch, self._device_type,
+                                        self.placement.device_id, limits.chunk_length(total, values.shape[1]))
+            forecast = outs[-1][sg.output.name]
+            finite = finite_rows([a for o in outs for a in o.values()], total)  # every new position's output
+            block = _Block(presents, [r.stream for r in group])
             length = int(block.tensors[0].shape()[2])
         except Exception as exc:  # a failed step fails its appends, not the worker
             log.exception("step of %d stream(s) failed", len(group))
@@ -759,7 +843,15 @@ class Runtime:
                 s = r.stream
                 s._pending -= 1
                 piece = forecast[start : start + n_rows]
+                ok = bool(finite[start : start + n_rows].all())
                 start += n_rows
+                if not ok:  # the stream keeps its cache as it was: a NaN would stay in it for ever
+                    self._counters["rejected_nonfinite"] += 1
+                    results.append((r, None, NonFiniteOutput(
+                        f"the model's output for these {r.values.shape[1]} value(s) is not finite (NaN or Inf: a "
+                        f"value too large for the model?); stream {s.id!r} is left as it was (observed "
+                        f"{s.observed})")))
+                    continue
                 piece = piece[0] if n_rows == 1 else np.moveaxis(piece, 0, -1)
                 if not s._closed:
                     self._cache_bytes += self._stream_bytes(n_rows, length) - self._stream_bytes(n_rows, s.length)
@@ -771,6 +863,23 @@ class Runtime:
                 while self._cache_bytes > self.max_cache_bytes and self._evict_lru_locked("max_cache_bytes"):
                     pass
         _resolve(results)
+
+
+def _batches(group: List[_Append], max_batch: int, max_rows: int) -> List[List[_Append]]:
+    """``group`` cut into batches of at most ``max_batch`` appends and ``max_rows`` rows (a stream of more rows
+    than that is a batch of its own)."""
+    batches: List[List[_Append]] = []
+    current: List[_Append] = []
+    rows = 0
+    for r in group:
+        if current and (len(current) >= max_batch or rows + r.stream.rows > max_rows):
+            batches.append(current)
+            current, rows = [], 0
+        current.append(r)
+        rows += r.stream.rows
+    if current:
+        batches.append(current)
+    return batches
 
 
 def _settle(future, result: Any = None, error: Optional[BaseException] = None) -> None:
