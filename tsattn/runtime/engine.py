@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     import asyncio
 
 from tsattn.export.manifest import CacheSpec, GraphSpec, Manifest, ManifestError, TensorSpec, load_manifest
-from tsattn.runtime import limits
+from tsattn.runtime import limits, validate
 from tsattn.runtime.cacheops import CacheOps
 from tsattn.runtime.chunked import finite_rows, run_cached
 from tsattn.runtime.device import Placement, open_session, placement
@@ -177,8 +177,15 @@ class Runtime:
         where = placement(device)
         self.sessions: Dict[str, Any] = {}
         for name in manifest.graphs:
-            session, where = open_session(self._verified_model(name), where, threads, label=f"{manifest.name}/{name}")
+            try:
+                session, where = open_session(self._verified_model(name), where, threads,
+                                              label=f"{manifest.name}/{name}")
+            except Exception as exc:
+                if validate.is_ort_error(exc):  # not a graph ONNX Runtime can load
+                    raise validate.open_error(manifest, name, exc) from None
+                raise
             self.sessions[name] = session
+        validate.check_export(manifest, self.sessions)  # the manifest tells the truth about its graphs
         self.placement: Placement = where
         self.providers: Dict[str, List[str]] = {n: list(s.get_providers()) for n, s in self.sessions.items()}
 
@@ -922,7 +929,8 @@ def load(export_dir: Union[str, Path], device: str = "auto", *, verify: bool = T
     (threads, max_streams, max_cache_bytes, idle_ttl_s, batch_window_ms, max_batch, max_pending, max_append,
     max_predict_values, clock).
 
-    Raises ``ManifestError`` (missing, malformed, tampered or truncated files, failed parity), ``DeviceUnavailable``
+    Raises ``ManifestError`` (missing, malformed, tampered or truncated files, failed parity, a file that is not a
+    valid ONNX graph, a manifest that disagrees with its graph: ``tsattn.runtime.validate``), ``DeviceUnavailable``
     (``device`` names CUDA and no usable GPU), ``ValueError`` (a bad option).
     """
     manifest = load_manifest(export_dir, verify=verify)
