@@ -27,7 +27,7 @@ import re
 from typing import Any
 
 PREFILL_CHUNK = 256  # positions per row per call of the cache graph (a long input is evaluated in such chunks)
-CALL_POSITIONS = 4096  # rows x positions per call (more rows: shorter chunks; a batch of appends splits by rows)
+CALL_POSITIONS = 1024  # rows x positions per call (more rows: shorter chunks; a batch of appends splits by rows)
 MAX_CHANNELS = 1024  # rows of one stream (channels); a stream of more would need calls over CALL_POSITIONS rows
 DEFAULT_MAX_PREDICT_VALUES = 65536  # input values per predict
 MAX_JSON_DEPTH = 32  # nesting of a request body (a predict input of rank r nests r + 2 deep)
