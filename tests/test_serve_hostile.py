@@ -314,6 +314,10 @@ def test_a_retried_append_with_the_same_offset_is_applied_once(servers):
         assert state["created"].endswith("Z") and state["idle_s"] >= 0
         nxt = http.post(f"/v1/streams/{sid}/observations", json={"values": [3.0], "offset": 2})
         assert nxt.status_code == 200 and nxt.json()["observed"] == 3
+        assert re.search(r"^tsattn_rejected_offset_total [1-9]", http.get("/metrics").text, re.M)
+        paths = http.get("/openapi.json").json()["paths"]
+        assert "get" in paths["/v1/streams/{stream_id}"]
+        assert {"408", "409", "413"} <= set(paths["/v1/streams/{stream_id}/observations"]["post"]["responses"])
 
 
 def test_an_append_that_timed_out_and_is_retried_with_its_offset_is_applied_once(export_dir, tmp_path):

@@ -247,7 +247,11 @@ class _RuntimeCollector:
         for key, help_text in (("model_calls", "Streaming model calls (a batched step is one call)"),
                                ("appends", "Appends stepped"),
                                ("batched_appends", "Appends stepped in a batch of two or more streams"),
-                               ("predict_calls", "Stateless predict calls")):
+                               ("predict_calls", "Stateless predict calls"),
+                               ("rejected_offset", "Appends refused because their offset was not the stream's "
+                                                   "observed count (409)"),
+                               ("rejected_nonfinite", "Appends refused because the model's output would not be "
+                                                      "finite (422)")):
             yield CounterMetricFamily(f"tsattn_{key}", help_text, value=stats.get(key, 0))
 
 
