@@ -15,9 +15,10 @@ used).
 from tsattn.export.manifest import ManifestError
 from tsattn.runtime.device import DeviceUnavailable
 from tsattn.runtime.engine import Runtime, StepResult, Stream, load
-from tsattn.runtime.errors import (CacheFull, CapacityError, InputError, NotSupported, Overloaded, ServingError, StreamEvicted,
-                                   TooManyStreams, TooManyValues, UnknownStream)
+from tsattn.runtime.errors import (CacheFull, CapacityError, InputError, NonFiniteOutput, NotSupported,
+                                   OffsetMismatch, Overloaded, ServingError, StreamEvicted, TooManyStreams,
+                                   TooManyValues, UnknownStream)
 
-__all__ = ["CacheFull", "CapacityError", "DeviceUnavailable", "InputError", "ManifestError", "NotSupported", "Overloaded",
-           "Runtime", "ServingError", "StepResult", "Stream", "StreamEvicted", "TooManyStreams", "TooManyValues",
-           "UnknownStream", "load"]
+__all__ = ["CacheFull", "CapacityError", "DeviceUnavailable", "InputError", "ManifestError", "NonFiniteOutput",
+           "NotSupported", "OffsetMismatch", "Overloaded", "Runtime", "ServingError", "StepResult", "Stream",
+           "StreamEvicted", "TooManyStreams", "TooManyValues", "UnknownStream", "load"]

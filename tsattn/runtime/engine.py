@@ -54,17 +54,19 @@ if TYPE_CHECKING:
 
 from tsattn.export.manifest import CacheSpec, GraphSpec, Manifest, ManifestError, TensorSpec, load_manifest
 from tsattn.export.task import Task
+from tsattn.runtime import limits, validate
 from tsattn.runtime.cacheops import CacheOps
+from tsattn.runtime.chunked import finite_rows, joined, run_cached
 from tsattn.runtime.device import Placement, open_session, placement
-from tsattn.runtime.errors import (CacheFull, InputError, NotSupported, Overloaded, StreamEvicted, TooManyStreams,
-                                   TooManyValues, UnknownStream)
+from tsattn.runtime.errors import (CacheFull, InputError, NonFiniteOutput, NotSupported, OffsetMismatch, Overloaded,
+                                   StreamEvicted, TooManyStreams, TooManyValues, UnknownStream)
 
 log = logging.getLogger("tsattn.runtime")
 
 _NUMERIC_KINDS = "iuf"  # numpy kinds accepted as numbers: signed, unsigned, float (not bool, str, object)
 _EVICTED_MEMORY = 10_000
 COUNTERS = ("opened", "closed", "model_calls", "appends", "batched_calls", "batched_appends", "predict_calls",
-            "encoder_calls", "rejected_overloaded")
+            "encoder_calls", "rejected_overloaded", "rejected_offset", "rejected_nonfinite", "rejected_cache_full")
 DEFAULT_MAX_APPEND = 2048  # a prefill longer than the window is fine (stacked windows reach further back)  # evicted ids remembered, for a clear answer instead of "unknown"
 
 
@@ -124,12 +126,14 @@ class _Append:
     """A queued append: its stream, its values, and the future to resolve: a ``concurrent.futures.Future``, or an
     asyncio future of ``loop`` (resolved on that loop, one wake-up per batch)."""
 
-    __slots__ = ("stream", "inputs", "n", "future", "loop", "queued")
+    __slots__ = ("stream", "inputs", "n", "future", "loop", "queued", "offset")
 
-    def __init__(self, stream: Stream, inputs: Dict[str, np.ndarray], n: int, loop=None) -> None:
+    def __init__(self, stream: Stream, inputs: Dict[str, np.ndarray], n: int, loop=None,
+                 offset: Optional[int] = None) -> None:
         self.stream = stream
         self.inputs = inputs  # step input name -> array in the graph's layout (rows on axis 0) and dtype
         self.n = n  # new steps
+        self.offset = offset  # the stream's ``observed`` the caller expects before these steps (None: any)
         self.loop = loop
         self.future = concurrent.futures.Future() if loop is None else loop.create_future()
         self.queued = time.perf_counter()
@@ -162,7 +166,7 @@ class Runtime:
     def __init__(self, manifest: Manifest, *, device: str = "auto", threads: Optional[int] = 1,
                  max_streams: int = 1024, max_cache_bytes: Optional[int] = 1 << 30,
                  idle_ttl_s: Optional[float] = 900.0, batch_window_ms: float = 0.0, max_batch: int = 64,
-                 max_pending: int = 4096, max_append: Optional[int] = None, max_predict_values: int = 1 << 22,
+                 max_pending: int = 4096, max_append: Optional[int] = None, max_predict_values: int = limits.DEFAULT_MAX_PREDICT_VALUES,
                  clock: Callable[[], float] = time.monotonic) -> None:
         for name, value in (("max_streams", max_streams), ("max_batch", max_batch), ("max_pending", max_pending),
                             ("max_predict_values", max_predict_values)):
@@ -192,8 +196,15 @@ class Runtime:
         where = placement(device)
         self.sessions: Dict[str, Any] = {}
         for name in manifest.graphs:
-            session, where = open_session(self._verified_model(name), where, threads, label=f"{manifest.name}/{name}")
+            try:
+                session, where = open_session(self._verified_model(name), where, threads,
+                                              label=f"{manifest.name}/{name}")
+            except Exception as exc:
+                if validate.is_ort_error(exc):  # not a graph ONNX Runtime can load
+                    raise validate.open_error(manifest, name, exc) from None
+                raise
             self.sessions[name] = session
+        validate.check_export(manifest, self.sessions)  # the manifest tells the truth about its graphs
         self.placement: Placement = where
         self.providers: Dict[str, List[str]] = {n: list(s.get_providers()) for n, s in self.sessions.items()}
 
@@ -301,6 +312,9 @@ class Runtime:
         sg = self._streams_or_raise()
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise InputError(f"channels must be a positive integer; got {channels!r}")
+        if channels > limits.MAX_CHANNELS:
+            raise TooManyValues(f"channels={channels}: a stream has at most {limits.MAX_CHANNELS} channels "
+                                f"(max_channels)")
         full = sg.cache.max_context
         if self.max_cache_bytes is not None and full is not None:
             need = sg.cache.bytes_per_position(self._itemsize) * full * channels
@@ -349,8 +363,8 @@ class Runtime:
             self._counters["encoder_calls"] += 1
         return list(io.get_outputs())
 
-    def append(self, stream: Union[Stream, str], observations: Any,
-               timeout: Optional[float] = None) -> Union[np.ndarray, Dict[str, np.ndarray]]:
+    def append(self, stream: Union[Stream, str], observations: Any, timeout: Optional[float] = None,
+               offset: Optional[int] = None) -> Union[np.ndarray, Dict[str, np.ndarray]]:
         """Append steps to a stream: with a mapping, return every step output for the new steps; with values, the
         primary output after the last one (the reference model's forecast).
 
@@ -361,10 +375,15 @@ class Runtime:
         *features)`` for a one-channel stream (a scalar for one value of a univariate model), ``(n, channels,
         *features)`` otherwise; returns ``(*out,)`` or ``(*out, channels)``, e.g. ``(horizon,)`` / ``(horizon,
         C)`` for the reference model. Numbers, finite, at most ``max_append`` steps.
-        Raises ``InputError``, ``TooManyValues``, ``CacheFull`` (a cache that does not slide would pass its
-        capacity: nothing is appended), ``UnknownStream``/``StreamEvicted``, ``Overloaded``.
+        ``offset``: the number of steps the caller expects the stream to have observed before these (its
+        ``observed``); when it differs, nothing is applied and ``OffsetMismatch`` (409) says the stream's count,
+        so that an append retried with the same offset is applied exactly once. A long append is stepped in
+        chunks (``tsattn.runtime.limits``). Raises ``InputError``, ``TooManyValues``, ``CacheFull`` (409: a
+        cache that does not slide would pass its capacity; nothing is appended), ``NonFiniteOutput`` (the
+        model's output would not be finite: the stream is left as it was), ``OffsetMismatch``,
+        ``UnknownStream``/``StreamEvicted``, ``Overloaded``.
         """
-        result = self.submit(stream, observations).result(timeout)
+        result = self.submit(stream, observations, offset=offset).result(timeout)
         return result.outputs if isinstance(observations, Mapping) else result.forecast
 
     def generate(self, stream: Union[Stream, str], n: int, *, top_k: Optional[int] = None,
@@ -409,25 +428,36 @@ class Runtime:
             logits = self.get_stream(s)._last
         return np.asarray(tokens, dtype=np.int64)
 
-    def submit(self, stream: Union[Stream, str], observations: Any) -> "concurrent.futures.Future[StepResult]":
+    def submit(self, stream: Union[Stream, str], observations: Any,
+               offset: Optional[int] = None) -> "concurrent.futures.Future[StepResult]":
         """Queue an append (``append``'s ``observations``, a mapping or values); the future resolves to a
-        ``StepResult`` (or the error of the step). Input, unknown streams, a full cache and a full queue raise
-        here, before anything is queued."""
-        return self._enqueue(stream, observations, None).future
+        ``StepResult`` (or the error of the step). Input, unknown streams, a full cache, a full queue and an
+        offset that already differs (nothing queued before it) raise here, before anything is queued; an offset
+        is checked again when the append runs, after the appends queued before it."""
+        return self._enqueue(stream, observations, None, offset).future
 
-    def append_async(self, stream: Union[Stream, str], observations: Any) -> "asyncio.Future[StepResult]":
+    def append_async(self, stream: Union[Stream, str], observations: Any,
+                     offset: Optional[int] = None) -> "asyncio.Future[StepResult]":
         """``submit`` for a caller on an asyncio event loop (call it from the loop): an asyncio future, resolved on
         the loop; the appends of one batched step cost the loop one wake-up. Cancelling it does not undo the step."""
         import asyncio
 
-        return self._enqueue(stream, observations, asyncio.get_running_loop()).future
+        return self._enqueue(stream, observations, asyncio.get_running_loop(), offset).future
 
-    def _enqueue(self, stream: Union[Stream, str], observations: Any, loop) -> _Append:
+    @staticmethod
+    def _offset_mismatch(s: Stream, offset: int) -> OffsetMismatch:
+        return OffsetMismatch(f"offset {offset} does not match stream {s.id!r}, which has observed {s.observed} "
+                              f"value(s) (length {s.length}); nothing was applied", s.observed, s.length)
+
+    def _enqueue(self, stream: Union[Stream, str], observations: Any, loop, offset: Optional[int] = None) -> _Append:
         sg = self._streams_or_raise()
         known = self._streams.get(stream.id if isinstance(stream, Stream) else str(stream))  # a dict read: atomic
         if known is None:
             with self._lock:
                 known = self._get_locked(stream)  # raises UnknownStream / StreamEvicted
+        if offset is not None and (isinstance(offset, bool) or not isinstance(offset, int) or offset < 0):
+            raise InputError(f"offset must be an integer >= 0 (the stream's observed count before these values); "
+                             f"got {offset!r}")
         inputs, n = self._step_inputs(observations, known.rows, sg)
         with self._lock:
             now = self._clock()
@@ -436,17 +466,21 @@ class Runtime:
             if self.idle_ttl_s is not None and s._pending == 0 and now - s.last_used > self.idle_ttl_s:
                 self._evict_locked(s, "idle_ttl", f"idle for more than {self.idle_ttl_s:g} s (idle_ttl_s)")
                 s = self._get_locked(stream)  # raises StreamEvicted
+            if offset is not None and s._pending == 0 and offset != s.observed:
+                self._counters["rejected_offset"] += 1
+                raise self._offset_mismatch(s, offset)
             if len(self._queue) >= self.max_pending:
                 self._counters["rejected_overloaded"] += 1
                 raise Overloaded(f"{len(self._queue)} appends are queued (max_pending={self.max_pending})",
                                  retry_after=max(0.05, self.batch_window_s * 4))
             if not sg.cache.sliding and not sg.cache.fits(s.observed + s._queued, n):
                 held = s.observed + s._queued
+                self._counters["rejected_cache_full"] += 1
                 raise CacheFull(f"stream {s.id!r} holds {held} of the cache's {sg.cache.max_context} positions; "
                                 f"{n} more would pass its capacity (absolute positions: the cache does not slide). "
                                 f"Append at most {sg.cache.max_context - held} more, or close the stream and open "
                                 f"a new one; the stream is unchanged")
-            request = _Append(s, inputs, n, loop)
+            request = _Append(s, inputs, n, loop, offset)
             s._pending += 1
             s._queued += n
             s.last_used = now
@@ -467,6 +501,27 @@ class Runtime:
     def get_stream(self, stream: Union[Stream, str]) -> Stream:
         with self._lock:
             return self._get_locked(stream)
+
+    def stream_info(self, stream: Union[Stream, str]) -> Dict[str, Any]:
+        """What a client may know of an open stream: ``id``, ``model``, ``channels``, ``length`` (positions in its
+        cache), ``observed`` (values appended: the ``offset`` of the next append), ``pending`` (appends queued or
+        running), ``created`` / ``last_used`` (UTC, ISO 8601) and ``age_s`` / ``idle_s``. Raises
+        ``UnknownStream`` / ``StreamEvicted``."""
+        import datetime
+
+        with self._lock:
+            s = self._get_locked(stream)
+            now = self._clock()
+            info = {"id": s.id, "model": self.name, "channels": s.rows, "length": s.length, "observed": s.observed,
+                    "pending": s._pending, "age_s": now - s.opened, "idle_s": now - s.last_used}
+        wall = time.time()
+
+        def iso(seconds_ago: float) -> str:
+            stamp = datetime.datetime.fromtimestamp(wall - seconds_ago, datetime.timezone.utc)
+            return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+        info["created"], info["last_used"] = iso(info["age_s"]), iso(info["idle_s"])
+        return info
 
     def sweep(self) -> int:
         """Evict streams idle for longer than ``idle_ttl_s``; returns how many."""
@@ -547,18 +602,56 @@ class Runtime:
             raise InputError(f"unknown output(s) {bad} of graph {name!r}")
         import onnxruntime as ort
 
-        session = self.sessions[name]
-        io = session.io_binding()
-        dev, dev_id = self._device_type, self.placement.device_id
-        for n, a in arrays.items():
-            io.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(a, dev, dev_id))
-        for n in wanted:
-            io.bind_output(n, "cpu")
-        session.run_with_iobinding(io)
-        result = {n: v.numpy() for n, v in zip(wanted, io.get_outputs())}
+        result = self._predict_chunked(arrays, wanted) if cache is not None else None
+        if result is None:  # not the streaming cache graph: one call
+            session = self.sessions[name]
+            io = session.io_binding()
+            dev, dev_id = self._device_type, self.placement.device_id
+            for n, a in arrays.items():
+                io.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(a, dev, dev_id))
+            for n in wanted:
+                io.bind_output(n, "cpu")
+            session.run_with_iobinding(io)
+            result = {n: v.numpy() for n, v in zip(wanted, io.get_outputs())}
+        for n, v in result.items():
+            if v.dtype.kind in "fc" and not np.isfinite(v).all():
+                raise NonFiniteOutput(f"the model's output {n!r} for these inputs is not finite (NaN or Inf: a value "
+                                      f"too large for the model?)")
         with self._lock:
             self._counters["predict_calls"] += 1
         return result
+
+    def _predict_chunked(self, arrays: Dict[str, np.ndarray], wanted: List[str]) -> Optional[Dict[str, np.ndarray]]:
+        """A predict on the streaming cache graph in chunks (``limits.chunk_length`` positions, ``limits.row_groups``
+        rows per call), each chunk's presents fed back: bounded memory for any length. None when the graph or an
+        output asked for does not fit that contract (one call then)."""
+        sg = self._stream_graph
+        if sg is None or any(t.name not in arrays for t, _ in sg.inputs):
+            return None
+        presents = sg.cache.present_names()
+        out_axes = {t.name: ax for t, ax in sg.outputs}
+        axes: Dict[str, int] = {}
+        for n in wanted:
+            if n in presents:
+                continue
+            if n not in out_axes:  # not a step output: no time axis to join chunks along
+                return None
+            axes[n] = out_axes[n]
+        first, axis = arrays[sg.inputs[0][0].name], sg.inputs[0][1]
+        rows, length = first.shape[0], first.shape[axis]
+        past = [arrays[p] for p in sg.cache.past_names()]
+        position = None if sg.position is None else (sg.position, int(arrays[sg.position]))
+        pieces: Dict[str, List[np.ndarray]] = {n: [] for n in wanted}
+        for lo, hi in limits.row_groups(rows, length):
+            outs, last = run_cached(self.sessions[sg.graph.name], {t.name: (arrays[t.name][lo:hi], ax)
+                                                                   for t, ax in sg.inputs},
+                                    [p[lo:hi] for p in past], sg.cache.past_names(), presents, list(axes),
+                                    self._device_type, self.placement.device_id, limits.chunk_length(1, length),
+                                    fixed={n: arrays[n][lo:hi] for n in sg.statics}, position=position)
+            steps = joined(outs, axes)
+            for n in wanted:
+                pieces[n].append(steps[n] if n in axes else last[presents.index(n)].numpy())
+        return {n: p[0] if len(p) == 1 else np.concatenate(p, axis=0) for n, p in pieces.items()}
 
     def _graph_name(self, graph: Optional[str]) -> str:
         if graph is not None:
@@ -732,6 +825,8 @@ class Runtime:
 
     def _evict_lru_locked(self, reason: str, keep: Optional[set] = None) -> bool:
         for s in self._streams.values():  # least recently used first
+            if reason == "max_cache_bytes" and s.length == 0:
+                continue  # holds no cache: evicting it frees nothing
             if s._pending == 0 and (keep is None or s.id not in keep):
                 detail = {"max_streams": f"least recently used when {self.max_streams} streams were open "
                                          f"(max_streams)",
@@ -804,8 +899,7 @@ class Runtime:
                         return
                 groups = self._take_locked()
             for group in groups:
-                for start in range(0, len(group), self.max_batch):
-                    chunk = group[start : start + self.max_batch]
+                for chunk in _batches(group, self.max_batch, limits.CALL_POSITIONS):
                     try:
                         self._step(chunk)
                     except Exception as exc:  # a bug in the bookkeeping: fail these appends, keep the worker
@@ -879,50 +973,47 @@ class Runtime:
         return group, own[0] if len(group) == 1 else self._cacheops.gather(own)
 
     def _step(self, group: List[_Append]) -> None:
-        """One model call for ``group`` (same cache length, same number of new steps), caches kept on device."""
-        import onnxruntime as ort
-
+        """One model call for ``group`` (same cache length, same number of new steps; a long append in chunks),
+        caches kept on device."""
         sg = self._stream_graph
         with self._lock:  # streams closed since they were taken leave the step; the others' blocks are read here
             gone = [(r, None, self._gone(r.stream)) for r in group if r.stream._closed]
+            # an offset is checked here, after every append queued before it ran: applied at most once
+            gone += [(r, None, self._offset_mismatch(r.stream, r.offset)) for r in group
+                     if not r.stream._closed and r.offset is not None and r.offset != r.stream.observed]
+            self._counters["rejected_offset"] += sum(isinstance(e, OffsetMismatch) for _, _, e in gone)
             for r, _, _ in gone:
                 r.stream._pending -= 1
                 r.stream._queued -= r.n
-            group = [r for r in group if not r.stream._closed]
+            group = [r for r in group if not r.stream._closed and (r.offset is None or r.offset == r.stream.observed)]
             blocks = [r.stream._block for r in group]
         if gone:
             _resolve(gone)
         if not group:
             return
-        tensors = sg.cache.cache_tensors()
         try:
             group, past = self._past(group, blocks)
             rows = [r.stream.rows for r in group]
-            session = self.sessions[sg.graph.name]
-            io = session.io_binding()
-            dev, dev_id = self._device_type, self.placement.device_id
-            for spec, _ in sg.inputs:
-                data = group[0].inputs[spec.name] if len(group) == 1 else \
-                    np.concatenate([r.inputs[spec.name] for r in group], axis=0)
-                io.bind_ortvalue_input(spec.name, ort.OrtValue.ortvalue_from_numpy(data, dev, dev_id))
-            if sg.position is not None:  # the absolute position of the first new step (alike in the group)
-                io.bind_cpu_input(sg.position, np.asarray(group[0].stream.observed, dtype=np.int64))
-            if sg.statics:
-                statics = group[0].stream._statics if len(group) == 1 else \
+            total = sum(rows)
+            inputs = {spec.name: (group[0].inputs[spec.name] if len(group) == 1 else
+                                  np.concatenate([r.inputs[spec.name] for r in group], axis=0), axis)
+                      for spec, axis in sg.inputs}
+            statics = {}
+            if sg.statics:  # an encoder-decoder's encoder outputs, the streams' own, gathered on the device
+                values = group[0].stream._statics if len(group) == 1 else \
                     self._staticops.gather([r.stream._statics for r in group])
-                for name, value in zip(sg.statics, statics):
-                    io.bind_ortvalue_input(name, value)
-            for name, value in zip(sg.cache.past_names(), past):
-                io.bind_ortvalue_input(name, value)
-            for spec, _ in sg.outputs:  # step outputs go to the host; the caches stay on the device
-                io.bind_output(spec.name, "cpu")
-            for name in sg.cache.present_names():
-                io.bind_output(name, dev, dev_id)
-            session.run_with_iobinding(io)
-            out = io.get_outputs()
-            k = len(sg.outputs)
-            results_host = [v.numpy() for v in out[:k]]
-            block = _Block(list(out[k : k + len(tensors)]), [r.stream for r in group])
+                statics = dict(zip(sg.statics, values))
+            position = None if sg.position is None else (sg.position, group[0].stream.observed)
+            # a long append runs in chunks (bounded memory), each chunk's presents the next one's past
+            out_axes = {spec.name: axis for spec, axis in sg.outputs}
+            outs, presents = run_cached(self.sessions[sg.graph.name], inputs, past, sg.cache.past_names(),
+                                        sg.cache.present_names(), list(out_axes), self._device_type,
+                                        self.placement.device_id, limits.chunk_length(total, group[0].n),
+                                        fixed=statics, position=position)
+            steps = joined(outs, out_axes)
+            results_host = [steps[spec.name] for spec, _ in sg.outputs]
+            finite = finite_rows(results_host, total)  # every new position's output
+            block = _Block(presents, [r.stream for r in group])
             length = int(block.tensors[0].shape()[2])
         except Exception as exc:  # a failed step fails its appends, not the worker
             log.exception("step of %d stream(s) failed", len(group))
@@ -946,7 +1037,14 @@ class Runtime:
                 s._pending -= 1
                 s._queued -= r.n
                 pieces = [a[start : start + n_rows] for a in results_host]
+                ok = bool(finite[start : start + n_rows].all())
                 start += n_rows
+                if not ok:  # the stream keeps its cache as it was: a NaN would stay in it for ever
+                    self._counters["rejected_nonfinite"] += 1
+                    results.append((r, None, NonFiniteOutput(
+                        f"the model's output for these {r.n} step(s) is not finite (NaN or Inf: a value too large "
+                        f"for the model?); stream {s.id!r} is left as it was (observed {s.observed})")))
+                    continue
                 outputs = {spec.name: np.array(p[0] if n_rows == 1 else p) for (spec, _), p in zip(sg.outputs, pieces)}
                 last = np.take(pieces[0], -1, axis=primary_axis)  # (rows, *out) after the last new step
                 forecast = np.array(last[0] if n_rows == 1 else np.moveaxis(last, 0, -1))
@@ -961,6 +1059,23 @@ class Runtime:
                 while self._cache_bytes > self.max_cache_bytes and self._evict_lru_locked("max_cache_bytes"):
                     pass
         _resolve(results)
+
+
+def _batches(group: List[_Append], max_batch: int, max_rows: int) -> List[List[_Append]]:
+    """``group`` cut into batches of at most ``max_batch`` appends and ``max_rows`` rows (a stream of more rows
+    than that is a batch of its own)."""
+    batches: List[List[_Append]] = []
+    current: List[_Append] = []
+    rows = 0
+    for r in group:
+        if current and (len(current) >= max_batch or rows + r.stream.rows > max_rows):
+            batches.append(current)
+            current, rows = [], 0
+        current.append(r)
+        rows += r.stream.rows
+    if current:
+        batches.append(current)
+    return batches
 
 
 def _settle(future, result: Any = None, error: Optional[BaseException] = None) -> None:
@@ -1003,7 +1118,8 @@ def load(export_dir: Union[str, Path], device: str = "auto", *, verify: bool = T
     (threads, max_streams, max_cache_bytes, idle_ttl_s, batch_window_ms, max_batch, max_pending, max_append,
     max_predict_values, clock).
 
-    Raises ``ManifestError`` (missing, malformed, tampered or truncated files, failed parity), ``DeviceUnavailable``
+    Raises ``ManifestError`` (missing, malformed, tampered or truncated files, failed parity, a file that is not a
+    valid ONNX graph, a manifest that disagrees with its graph: ``tsattn.runtime.validate``), ``DeviceUnavailable``
     (``device`` names CUDA and no usable GPU), ``ValueError`` (a bad option).
     """
     manifest = load_manifest(export_dir, verify=verify)
