@@ -1,7 +1,11 @@
 """ONNX Runtime sessions, per-stream KV-cache state and the server (``tsattn-serve``).
 
-    engine.py    load(export_dir) -> Runtime: verified sessions, streams (open_stream/append/close) with caches
-                 kept as OrtValues on the device, batched stepping, eviction, stateless predict
+    engine.py    load(export_dir) -> Runtime: streams of every cached export (open_stream/append/generate/close)
+                 with caches kept as OrtValues on the device, batched stepping, stateless predict; composed of
+    sessions.py  verified sessions and the stream contract read from the manifest's task
+    inputs.py    input validation (named step inputs, values, encoder and predict inputs)
+    streams.py   the stream registry and eviction (max_streams, max_cache_bytes, idle TTL)
+    scheduler.py the append queue, its worker thread and batching across streams
     device.py    execution providers: CUDA with IO binding when a GPU is usable, else CPU; what a session really got
     cacheops.py  device-side gather/scatter of caches for batched steps (tiny Concat/Split graphs)
     errors.py    the runtime's errors, each with its HTTP status

@@ -31,6 +31,19 @@ on every call and by ``sweep()``; ``clock`` is injectable). An evicted stream's 
 ``max_append`` values per append and ``max_predict_values`` per predict (``TooManyValues``). Every method is
 thread-safe.
 
+Streams of every cached export. The manifest's task (``tsattn.export.task.Task``) names the step inputs and outputs
+with their time axes: ``append(s, {name: array})`` takes them (no batch axis for a one-row stream, one or many
+steps) and returns every step output for the new steps; the values form above is kept for an export with one step
+input whose time axis follows the batch. An encoder-decoder's stream opens with its encoder inputs
+(``open_stream(inputs=...)``: the encoder runs once); a graph with a start position gets the stream's step count;
+``generate`` samples a ``causal_lm``. A cache that does not slide (absolute positions) refuses an append past its
+``max_context`` (``CacheFull``, 409) and the stream stays as it was.
+
+One job per module: ``sessions.py`` (verified sessions, the stream contract), ``inputs.py`` (input validation),
+``streams.py`` (the stream registry and eviction), ``scheduler.py`` (the append queue, the worker and batching);
+``Runtime`` here composes them and holds what runs a step (device caches, gather and scatter, the encoder) and
+predict.
+
 Only onnxruntime and numpy are imported (torch is not needed to serve).
 """
 
@@ -43,7 +56,6 @@ import math
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -52,115 +64,25 @@ import numpy as np
 if TYPE_CHECKING:
     import asyncio
 
-from tsattn.export.manifest import CacheSpec, GraphSpec, Manifest, ManifestError, TensorSpec, load_manifest
-from tsattn.export.task import Task
-from tsattn.runtime import limits, validate
+from tsattn.export.manifest import Manifest, ManifestError, load_manifest
+from tsattn.runtime import limits
 from tsattn.runtime.cacheops import CacheOps
 from tsattn.runtime.chunked import finite_rows, joined, run_cached
-from tsattn.runtime.device import Placement, open_session, placement
 from tsattn.runtime.errors import (CacheFull, InputError, NonFiniteOutput, NotSupported, OffsetMismatch, Overloaded,
-                                   StreamEvicted, TooManyStreams, TooManyValues, UnknownStream)
+                                   TooManyStreams, TooManyValues)
+from tsattn.runtime.inputs import InputChecks
+from tsattn.runtime.scheduler import Scheduler, StepResult, _Append, _resolve
+from tsattn.runtime.sessions import Sessions, _StreamGraph
+from tsattn.runtime.streams import Stream, StreamRegistry, _Block
 
 log = logging.getLogger("tsattn.runtime")
 
-_NUMERIC_KINDS = "iuf"  # numpy kinds accepted as numbers: signed, unsigned, float (not bool, str, object)
-_EVICTED_MEMORY = 10_000
 COUNTERS = ("opened", "closed", "model_calls", "appends", "batched_calls", "batched_appends", "predict_calls",
             "encoder_calls", "rejected_overloaded", "rejected_offset", "rejected_nonfinite", "rejected_cache_full")
-DEFAULT_MAX_APPEND = 2048  # a prefill longer than the window is fine (stacked windows reach further back)  # evicted ids remembered, for a clear answer instead of "unknown"
+DEFAULT_MAX_APPEND = 2048  # a prefill longer than the window is fine (stacked windows reach further back)
 
 
-class Stream:
-    """An open stream: ``id``, ``rows`` (batch rows = channels), ``length`` (positions in its cache, at most
-    max_context), ``observed`` (values appended in all). Internal state is the runtime's; use its methods."""
-
-    __slots__ = ("id", "rows", "length", "observed", "opened", "last_used", "_block", "_pending", "_queued",
-                 "_closed", "_statics", "_static_key", "_last")
-
-    def __init__(self, stream_id: str, rows: int, now: float, statics: Optional[List[Any]] = None) -> None:
-        self.id = stream_id
-        self.rows = rows
-        self.length = 0
-        self.observed = 0
-        self.opened = now
-        self.last_used = now
-        self._block: Optional[_Block] = None  # where the cache is (rows of a block of OrtValues); None: empty
-        self._pending = 0  # appends queued or in flight
-        self._queued = 0  # steps of those appends (a cache that does not slide: observed + queued <= capacity)
-        self._closed = False
-        self._statics = statics  # an encoder-decoder's encoder outputs fed to every step (OrtValues), or None
-        self._static_key = tuple(tuple(v.shape()[1:]) for v in statics) if statics else ()
-        self._last: Optional[np.ndarray] = None  # the primary output at the last step (generate reads it)
-
-    def __repr__(self) -> str:
-        return f"Stream({self.id!r}, rows={self.rows}, length={self.length}, observed={self.observed})"
-
-
-class _Block:
-    """Caches on the device: ``tensors`` (the cache tensors in graph order, OrtValues) hold the rows of ``members``
-    in order. A step's present tensors become one block for all the streams stepped together; when the same
-    streams step together again (the steady state of concurrent streams), the block is the next past as it is, with
-    no gather or scatter. A block is split into per-stream blocks only when its streams part ways."""
-
-    __slots__ = ("tensors", "members")
-
-    def __init__(self, tensors: List[Any], members: List["Stream"]) -> None:
-        self.tensors = tensors
-        self.members = members
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """What an append returns through ``submit``'s future: ``outputs``, every step output for the new steps (the
-    graph's layout without the batch axis for a one-row stream, with it for several; time on the task's axis),
-    ``forecast``, the primary output after the last new step (``(*out,)`` for one row, ``(*out, rows)`` for
-    several: what the ``values`` form answers), and the stream's cache length and step count after it."""
-
-    forecast: np.ndarray
-    length: int
-    observed: int
-    outputs: Dict[str, np.ndarray] = field(default_factory=dict)
-
-
-class _Append:
-    """A queued append: its stream, its values, and the future to resolve: a ``concurrent.futures.Future``, or an
-    asyncio future of ``loop`` (resolved on that loop, one wake-up per batch)."""
-
-    __slots__ = ("stream", "inputs", "n", "future", "loop", "queued", "offset")
-
-    def __init__(self, stream: Stream, inputs: Dict[str, np.ndarray], n: int, loop=None,
-                 offset: Optional[int] = None) -> None:
-        self.stream = stream
-        self.inputs = inputs  # step input name -> array in the graph's layout (rows on axis 0) and dtype
-        self.n = n  # new steps
-        self.offset = offset  # the stream's ``observed`` the caller expects before these steps (None: any)
-        self.loop = loop
-        self.future = concurrent.futures.Future() if loop is None else loop.create_future()
-        self.queued = time.perf_counter()
-
-
-@dataclass(frozen=True)
-class _StreamGraph:
-    """How the streaming graph is driven, read from the manifest's task (checked against its graphs): the step
-    inputs and outputs with their time axes (graph axes, batch at 0), the inputs an encoder feeds, the position
-    input, and the fixed dims of one observation for the ``values`` form (None: that form does not fit)."""
-
-    graph: GraphSpec
-    cache: CacheSpec
-    task: Task
-    inputs: Tuple[Tuple[TensorSpec, int], ...]
-    outputs: Tuple[Tuple[TensorSpec, int], ...]
-    statics: Tuple[str, ...]
-    encoder: Optional[GraphSpec]
-    position: Optional[str]
-    features: Optional[Tuple[int, ...]]
-
-    @property
-    def primary(self) -> Tuple[TensorSpec, int]:
-        return self.outputs[0]
-
-
-class Runtime:
+class Runtime(Sessions, InputChecks, StreamRegistry, Scheduler):
     """Sessions, streams and predict for one export (see the module docstring). Build with ``load``."""
 
     def __init__(self, manifest: Manifest, *, device: str = "auto", threads: Optional[int] = 1,
@@ -193,20 +115,8 @@ class Runtime:
         self.max_predict_values = max_predict_values
         self._clock = clock
 
-        where = placement(device)
-        self.sessions: Dict[str, Any] = {}
-        for name in manifest.graphs:
-            try:
-                session, where = open_session(self._verified_model(name), where, threads,
-                                              label=f"{manifest.name}/{name}")
-            except Exception as exc:
-                if validate.is_ort_error(exc):  # not a graph ONNX Runtime can load
-                    raise validate.open_error(manifest, name, exc) from None
-                raise
-            self.sessions[name] = session
-        validate.check_export(manifest, self.sessions)  # the manifest tells the truth about its graphs
-        self.placement: Placement = where
-        self.providers: Dict[str, List[str]] = {n: list(s.get_providers()) for n, s in self.sessions.items()}
+        self._open_sessions(device, threads)
+        where = self.placement
 
         self._stream_graph, self.streams_unsupported = self._streaming_spec()
         cache = manifest.cache
@@ -241,62 +151,6 @@ class Runtime:
         self._worker: Optional[threading.Thread] = None
         self._stopping = False
 
-    # ------------------------------------------------------------------------------------------------ loading
-
-    def _verified_model(self, graph: str) -> Union[bytes, Path]:
-        """The ONNX model of ``graph``: its bytes, hashed again here so that the session is built from exactly
-        the bytes that match the manifest (a path when the graph keeps weights in external data files)."""
-        import hashlib
-
-        path = self.manifest.graph_file(graph, "onnx")
-        entry = next((f for f in self.manifest.files if f.path == self.manifest.graphs[graph].files["onnx"]), None)
-        if entry is None:
-            raise ManifestError(f"{path}: not listed in the manifest's files")
-        if any(f.format == "data" and f.graph == graph for f in self.manifest.files):
-            return path  # external data: verified by load_manifest, resolved by ONNX Runtime beside the file
-        data = path.read_bytes()
-        if len(data) != entry.bytes or hashlib.sha256(data).hexdigest() != entry.sha256:
-            raise ManifestError(f"{path}: changed since the manifest was verified (size or sha256 differs); "
-                                f"refusing to load it")
-        return data
-
-    @property
-    def _device_type(self) -> str:
-        return "cuda" if self.placement.kind == "cuda" else "cpu"
-
-    @property
-    def device(self) -> str:
-        return self.placement.name
-
-    def _streaming_spec(self) -> Tuple[Optional[_StreamGraph], Optional[str]]:
-        """The streaming graph as the task declares it, or why the export does not stream."""
-        cache, task = self.manifest.cache, self.manifest.task
-        if not task.streams:
-            return None, f"the export's task is {task.kind!r}, a stateless graph with no KV cache (use predict)"
-        if cache is None or cache.graph != task.graph:
-            return None, "the export has no KV cache on its step graph (use predict)"
-        graph = self.manifest.graphs[task.graph]
-        statics = tuple(dst for _, dst in task.encoder.feeds) if task.encoder else ()
-        known = set(task.input_names) | set(cache.past_names()) | set(statics) | {task.position}
-        others = [t.name for t in graph.inputs if t.name not in known]
-        if others:
-            return None, f"the graph has inputs neither the task nor the cache feeds: {others}"
-        steps = []
-        for side, tensors, get in (("input", task.inputs, graph.input), ("output", task.outputs, graph.output)):
-            resolved = []
-            for t in tensors:
-                spec = get(t.name)
-                if not spec.shape or spec.shape[0] != cache.batch_dim:
-                    return None, f"{side} {t.name!r} has shape {list(spec.shape)}; its first dim must be the batch"
-                free = [d for i, d in enumerate(spec.shape) if isinstance(d, str) and i not in (0, t.time_axis)]
-                if side == "input" and free:
-                    return None, f"input {t.name!r} has symbolic dims {free} besides batch and time"
-                resolved.append((spec, t.time_axis))
-            steps.append(tuple(resolved))
-        first, axis = steps[0][0]
-        features = tuple(int(d) for d in first.shape[2:]) if len(steps[0]) == 1 and axis == 1 else None
-        encoder = self.manifest.graphs[task.encoder.graph] if task.encoder else None
-        return _StreamGraph(graph, cache, task, steps[0], steps[1], statics, encoder, task.position, features), None
 
     # ------------------------------------------------------------------------------------------------ streams
 
@@ -491,42 +345,6 @@ class Runtime:
                 self._wake.notify()  # the worker waits for the first append, or for a full batch; no more wake-ups
         return request
 
-    def close(self, stream: Union[Stream, str]) -> None:
-        """Close a stream and free its cache; an append still queued for it fails with ``UnknownStream``."""
-        with self._lock:
-            s = self._get_locked(stream)
-            self._drop_locked(s)
-            self._counters["closed"] += 1
-
-    def get_stream(self, stream: Union[Stream, str]) -> Stream:
-        with self._lock:
-            return self._get_locked(stream)
-
-    def stream_info(self, stream: Union[Stream, str]) -> Dict[str, Any]:
-        """What a client may know of an open stream: ``id``, ``model``, ``channels``, ``length`` (positions in its
-        cache), ``observed`` (values appended: the ``offset`` of the next append), ``pending`` (appends queued or
-        running), ``created`` / ``last_used`` (UTC, ISO 8601) and ``age_s`` / ``idle_s``. Raises
-        ``UnknownStream`` / ``StreamEvicted``."""
-        import datetime
-
-        with self._lock:
-            s = self._get_locked(stream)
-            now = self._clock()
-            info = {"id": s.id, "model": self.name, "channels": s.rows, "length": s.length, "observed": s.observed,
-                    "pending": s._pending, "age_s": now - s.opened, "idle_s": now - s.last_used}
-        wall = time.time()
-
-        def iso(seconds_ago: float) -> str:
-            stamp = datetime.datetime.fromtimestamp(wall - seconds_ago, datetime.timezone.utc)
-            return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-        info["created"], info["last_used"] = iso(info["age_s"]), iso(info["idle_s"])
-        return info
-
-    def sweep(self) -> int:
-        """Evict streams idle for longer than ``idle_ttl_s``; returns how many."""
-        with self._lock:
-            return self._sweep_locked(self._clock(), force=True)
 
     def stats(self) -> Dict[str, Any]:
         """Counters and gauges: open streams, cache bytes, evictions by reason, model calls, appends, ..."""
@@ -664,276 +482,6 @@ class Runtime:
             return self.manifest.cache.graph
         raise NotSupported(f"export {self.name!r} has several graphs {sorted(self.manifest.graphs)}; name one")
 
-    # ------------------------------------------------------------------------------------------------ input checks
-
-    @staticmethod
-    def _numbers(data: Any, what: str) -> np.ndarray:
-        try:
-            arr = np.asarray(data)
-        except (ValueError, TypeError) as exc:  # ragged nesting
-            detail = "ragged nesting" if "inhomogeneous" in str(exc) else str(exc).splitlines()[0][:200]
-            raise InputError(f"{what}: not a rectangular array of numbers ({detail})") from None
-        if arr.dtype.kind not in _NUMERIC_KINDS:
-            kind = {"b": "booleans", "U": "strings", "S": "bytes", "O": "a ragged or mixed array"}.get(
-                arr.dtype.kind, str(arr.dtype))
-            raise InputError(f"{what}: expected numbers, got {kind}")
-        return arr
-
-    @staticmethod
-    def _finite(arr: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
-        """``arr`` cast to ``dtype``; ``InputError`` naming the first NaN/Inf, before or after the cast."""
-        if arr.dtype.kind == "f":
-            bad = ~np.isfinite(arr)
-            if bad.any():
-                index = tuple(int(i) for i in np.argwhere(bad)[0])
-                raise InputError(f"{what}{list(index)} is {float(arr[index])!r}: values must be finite (no NaN or "
-                                 f"Inf)")
-        if np.dtype(dtype).kind == "f":
-            with np.errstate(over="ignore"):
-                cast = arr.astype(dtype)
-            bad = ~np.isfinite(cast)
-            if bad.any():
-                index = tuple(int(i) for i in np.argwhere(bad)[0])
-                raise InputError(f"{what}{list(index)} = {float(arr[index])!r} overflows {np.dtype(dtype).name}")
-            return cast
-        if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
-            raise InputError(f"{what}: expected integers for a {np.dtype(dtype).name} tensor")
-        info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
-        if info is not None and arr.size and (arr.min() < info.min or arr.max() > info.max):
-            raise InputError(f"{what}: values outside the range of {np.dtype(dtype).name}")
-        return arr.astype(dtype)
-
-    def _step_inputs(self, observations: Any, rows: int, sg: _StreamGraph) -> Tuple[Dict[str, np.ndarray], int]:
-        """An append's step inputs in the graph's layout (rows on axis 0) and the number of new steps."""
-        if isinstance(observations, Mapping):
-            arrays = self._batched(observations, [t for t, _ in sg.inputs], rows, "input")
-            n = int(next(iter(arrays.values())).shape[sg.inputs[0][1]])
-            if n == 0:
-                raise InputError("inputs are empty: append at least one step")
-            if n > self.max_append:
-                raise TooManyValues(f"{n} steps in one append; the limit is {self.max_append} (max_append)")
-            return arrays, n
-        if sg.features is None:
-            raise InputError(f"export {self.name!r} takes the step inputs {[t.name for t, _ in sg.inputs]}: pass a "
-                             f"mapping of input name -> array (inputs=...)")
-        arr = self._observations(observations, rows, sg)
-        return {sg.inputs[0][0].name: arr}, int(arr.shape[1])
-
-    def _batched(self, inputs: Mapping[str, Any], specs: Sequence[TensorSpec], rows: int,
-                 what: str) -> Dict[str, np.ndarray]:
-        """Named arrays of one stream (no batch axis for one row, a leading axis of ``rows`` for several) checked
-        against ``specs`` (names, dims, dtypes, finite) and returned in the graph's layout, batch first."""
-        names = [t.name for t in specs]
-        unknown = sorted(set(inputs) - set(names))
-        if unknown:
-            raise InputError(f"unknown {what}(s) {unknown}; this export takes {names}")
-        missing = [n for n in names if n not in inputs]
-        if missing:
-            raise InputError(f"missing {what}(s) {missing}; this export takes {names}")
-        sizes: Dict[str, int] = {}
-        out = {}
-        for t in specs:
-            arr = self._numbers(inputs[t.name], f"{what} {t.name!r}") if t.numpy_dtype.kind != "b" else \
-                np.asarray(inputs[t.name])
-            if rows == 1:
-                if arr.ndim != len(t.shape) - 1:
-                    raise InputError(f"{what} {t.name!r} has shape {tuple(arr.shape)}; a stream takes "
-                                     f"{list(t.shape[1:])} (the graph's {list(t.shape)} without the batch)")
-                arr = arr[None]
-            out[t.name] = self._tensor(arr, t, sizes, f"{what} {t.name!r}")
-        batch = self._stream_graph.cache.batch_dim if self._stream_graph else "batch"
-        if sizes.get(batch, rows) != rows:
-            raise InputError(f"{what}s have {sizes[batch]} rows; the stream has {rows} (channels)")
-        return out
-
-    def _observations(self, observations: Any, rows: int, sg: _StreamGraph) -> np.ndarray:
-        arr = self._numbers(observations, "observations")
-        features = sg.features
-        if rows == 1 and arr.ndim == len(features):
-            arr = arr[None]  # a single observation
-        expected = ("n",) + ((rows,) if rows > 1 else ()) + features
-        if arr.ndim != len(expected) or tuple(arr.shape[1:]) != tuple(expected[1:]):
-            shape = "(" + ", ".join(str(d) for d in expected) + ("," if len(expected) == 1 else "") + ")"
-            raise InputError(f"observations have shape {tuple(arr.shape)}; this stream takes {shape}"
-                             + (" (n values, channels)" if rows > 1 else ""))
-        n = arr.shape[0]
-        if n == 0:
-            raise InputError("observations are empty: append at least one value")
-        if n > self.max_append:
-            raise TooManyValues(f"{n} observations in one append; the limit is {self.max_append} (max_append)")
-        arr = self._finite(arr, sg.inputs[0][0].numpy_dtype, "observations")
-        if rows > 1:
-            arr = np.moveaxis(arr, 1, 0)  # (rows, n, *features)
-        else:
-            arr = arr[None]
-        return np.ascontiguousarray(arr)
-
-    def _tensor(self, data: Any, spec: TensorSpec, sizes: Dict[str, int], what: str) -> np.ndarray:
-        arr = self._numbers(data, what) if spec.numpy_dtype.kind != "b" else np.asarray(data)
-        if spec.numpy_dtype.kind == "b" and arr.dtype.kind != "b":
-            raise InputError(f"{what}: expected booleans, got {arr.dtype}")
-        if arr.ndim != len(spec.shape):
-            raise InputError(f"{what} has {arr.ndim} dims {tuple(arr.shape)}; the graph expects {len(spec.shape)} "
-                             f"{list(spec.shape)}")
-        for axis, (dim, size) in enumerate(zip(spec.shape, arr.shape)):
-            if isinstance(dim, int):
-                if size != dim:
-                    raise InputError(f"{what} dim {axis} is {size}; the graph expects {dim} (shape {list(spec.shape)})")
-            elif dim in sizes and sizes[dim] != size:
-                raise InputError(f"{what} dim {axis} ({dim!r}) is {size}, but another input has {dim}={sizes[dim]}")
-            else:
-                if size == 0 and dim != (self.manifest.cache.past_dim if self.manifest.cache else None):
-                    raise InputError(f"{what} dim {axis} ({dim!r}) is empty")
-                sizes[dim] = size
-        if spec.numpy_dtype.kind == "b":
-            return np.ascontiguousarray(arr)
-        return np.ascontiguousarray(self._finite(arr, spec.numpy_dtype, what))
-
-    # ------------------------------------------------------------------------------------------------ bookkeeping
-
-    def _streams_or_raise(self) -> _StreamGraph:
-        if self._stream_graph is None:
-            raise NotSupported(f"export {self.name!r} does not stream: {self.streams_unsupported}")
-        return self._stream_graph
-
-    def _get_locked(self, stream: Union[Stream, str]) -> Stream:
-        stream_id = stream.id if isinstance(stream, Stream) else str(stream)
-        s = self._streams.get(stream_id)
-        if s is None:
-            reason = self._evicted.get(stream_id)
-            if reason is not None:
-                raise StreamEvicted(f"stream {stream_id!r} was evicted ({reason}); open a new one")
-            raise UnknownStream(f"unknown stream {stream_id!r} (never opened, or closed)")
-        return s
-
-    def _stream_bytes(self, rows: int, length: int) -> int:
-        return self._stream_graph.cache.bytes_per_position(self._itemsize) * rows * length
-
-    def _drop_locked(self, s: Stream) -> None:
-        self._streams.pop(s.id, None)
-        self._cache_bytes -= self._stream_bytes(s.rows, s.length)
-        s._closed = True
-        s._block = None  # its rows in a shared block go when the block's other streams part ways or close
-
-    def _evict_locked(self, s: Stream, reason: str, detail: str) -> None:
-        self._drop_locked(s)
-        self._evicted[s.id] = detail
-        while len(self._evicted) > _EVICTED_MEMORY:
-            self._evicted.popitem(last=False)
-        self._evictions[reason] += 1
-        log.debug("evicted stream %s: %s", s.id, detail)
-
-    def _evict_lru_locked(self, reason: str, keep: Optional[set] = None) -> bool:
-        for s in self._streams.values():  # least recently used first
-            if reason == "max_cache_bytes" and s.length == 0:
-                continue  # holds no cache: evicting it frees nothing
-            if s._pending == 0 and (keep is None or s.id not in keep):
-                detail = {"max_streams": f"least recently used when {self.max_streams} streams were open "
-                                         f"(max_streams)",
-                          "max_cache_bytes": f"least recently used when the caches exceeded "
-                                             f"{self.max_cache_bytes} bytes (max_cache_bytes)"}[reason]
-                self._evict_locked(s, reason, detail)
-                return True
-        return False
-
-    def _sweep_locked(self, now: float, force: bool = False) -> int:
-        """Evict expired streams; a full scan at most every ``idle_ttl_s / 16`` (1 s at most) unless forced."""
-        if self.idle_ttl_s is None:
-            return 0
-        if not force and now - self._last_sweep < min(1.0, self.idle_ttl_s / 16):
-            return 0
-        self._last_sweep = now
-        expired = [s for s in self._streams.values() if s._pending == 0 and now - s.last_used > self.idle_ttl_s]
-        for s in expired:
-            self._evict_locked(s, "idle_ttl", f"idle for more than {self.idle_ttl_s:g} s (idle_ttl_s)")
-        return len(expired)
-
-    # ------------------------------------------------------------------------------------------------ the worker
-
-    def _ensure_worker_locked(self) -> None:
-        if self._worker is None or not self._worker.is_alive():
-            self._stopping = False
-            self._worker = threading.Thread(target=self._work, name=f"tsattn-runtime-{self.name}", daemon=True)
-            self._worker.start()
-
-    def shutdown(self) -> None:
-        """Stop the worker (queued appends fail with ``Overloaded``) and drop every stream."""
-        with self._lock:
-            self._stopping = True
-            self._wake.notify_all()
-            worker = self._worker
-        if worker is not None and worker is not threading.current_thread():
-            worker.join(timeout=10)
-        with self._lock:
-            while self._queue:
-                r = self._queue.popleft()
-                r.stream._pending -= 1
-                r.stream._queued -= r.n
-                _resolve([(r, None, Overloaded("the runtime is shutting down"))])
-            for s in list(self._streams.values()):
-                self._drop_locked(s)
-
-    def __enter__(self) -> "Runtime":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.shutdown()
-
-    def _work(self) -> None:
-        while True:
-            with self._lock:
-                while not self._queue and not self._stopping:
-                    self._wake.wait()
-                if self._stopping:
-                    return
-                if self.batch_window_s > 0 and self.max_batch > 1:
-                    # wait while appends keep arriving: until none came for a window (at most 10 windows)
-                    cap = self._queue[0].queued + 10 * self.batch_window_s
-                    while len(self._queue) < self.max_batch and not self._stopping:
-                        deadline = min(self._queue[-1].queued + self.batch_window_s, cap)
-                        remaining = deadline - time.perf_counter()
-                        if remaining <= 0:
-                            break
-                        self._wake.wait(remaining)
-                    if self._stopping:
-                        return
-                groups = self._take_locked()
-            for group in groups:
-                for chunk in _batches(group, self.max_batch, limits.CALL_POSITIONS):
-                    try:
-                        self._step(chunk)
-                    except Exception as exc:  # a bug in the bookkeeping: fail these appends, keep the worker
-                        log.exception("internal error stepping %d stream(s)", len(chunk))
-                        _resolve([(r, None, exc) for r in chunk])
-
-    def _take_locked(self) -> List[List[_Append]]:
-        """The queued appends of distinct streams, grouped by what one call needs alike (cache length, new steps,
-        the shapes of encoder outputs, the start position where the graph takes one); the rest stay."""
-        taken: Dict[Tuple, List[_Append]] = {}
-        seen: set = set()
-        keep: "collections.deque[_Append]" = collections.deque()
-        while self._queue:
-            r = self._queue.popleft()
-            s = r.stream
-            if s._closed:
-                s._pending -= 1
-                s._queued -= r.n
-                _resolve([(r, None, self._gone(s))])
-                continue
-            if s.id in seen:
-                keep.append(r)  # a later append of a stream already in this round: next round, in order
-                continue
-            seen.add(s.id)
-            position = s.observed if self._stream_graph.position else 0  # one start position per call
-            taken.setdefault((s.length, r.n, s._static_key, position), []).append(r)
-        self._queue = keep
-        return list(taken.values())
-
-    def _gone(self, s: Stream) -> Exception:
-        reason = self._evicted.get(s.id)
-        if reason is not None:
-            return StreamEvicted(f"stream {s.id!r} was evicted ({reason}) before its append ran")
-        return UnknownStream(f"stream {s.id!r} was closed before its append ran")
 
     def _empty_cache(self, rows: int) -> List[Any]:
         import onnxruntime as ort
@@ -1059,57 +607,6 @@ class Runtime:
                 while self._cache_bytes > self.max_cache_bytes and self._evict_lru_locked("max_cache_bytes"):
                     pass
         _resolve(results)
-
-
-def _batches(group: List[_Append], max_batch: int, max_rows: int) -> List[List[_Append]]:
-    """``group`` cut into batches of at most ``max_batch`` appends and ``max_rows`` rows (a stream of more rows
-    than that is a batch of its own)."""
-    batches: List[List[_Append]] = []
-    current: List[_Append] = []
-    rows = 0
-    for r in group:
-        if current and (len(current) >= max_batch or rows + r.stream.rows > max_rows):
-            batches.append(current)
-            current, rows = [], 0
-        current.append(r)
-        rows += r.stream.rows
-    if current:
-        batches.append(current)
-    return batches
-
-
-def _settle(future, result: Any = None, error: Optional[BaseException] = None) -> None:
-    """Resolve a future unless its caller gave up on it (cancelled, e.g. an HTTP append that timed out: the step
-    still happened)."""
-    if future.done():
-        return
-    try:
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-    except (concurrent.futures.InvalidStateError, RuntimeError):  # cancelled meanwhile
-        pass
-
-
-def _settle_all(outcomes: List[Tuple[Any, Any, Optional[BaseException]]]) -> None:
-    for future, result, error in outcomes:
-        _settle(future, result, error)
-
-
-def _resolve(outcomes: List[Tuple[_Append, Any, Optional[BaseException]]]) -> None:
-    """Resolve appends: concurrent futures here, asyncio futures on their loop, one wake-up per loop."""
-    by_loop: Dict[Any, List] = {}
-    for r, result, error in outcomes:
-        if r.loop is None:
-            _settle(r.future, result, error)
-        else:
-            by_loop.setdefault(r.loop, []).append((r.future, result, error))
-    for loop, items in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_settle_all, items)
-        except RuntimeError:  # the loop is closed: nobody waits any more
-            pass
 
 
 def load(export_dir: Union[str, Path], device: str = "auto", *, verify: bool = True, **options: Any) -> Runtime:
