@@ -193,3 +193,18 @@ def test_json_guard_refuses_deep_nesting_and_long_numbers_before_parsing():
     assert limits.loads(b'{"v": ["' + b"\\\"" * 1000 + b'"]}')["v"][0] == '"' * 1000
     with pytest.raises(ValueError):
         limits.dumps({"x": float("nan")})
+
+
+def test_a_chunked_predict_with_a_given_past_and_present_outputs_equals_one_call(ref, rt):
+    cache = rt.manifest.cache
+    x = np.random.default_rng(3).normal(size=(3, 2 * limits.PREFILL_CHUNK + 40)).astype(np.float32)
+    wanted = ["forecast", *cache.present_names()]
+    first = rt.predict({"values": x[:, :30]}, outputs=wanted)
+    past = dict(zip(cache.past_names(), (first[n] for n in cache.present_names())))
+    chunked = rt.predict({"values": x[:, 30:], **past}, outputs=wanted)
+    rt._predict_chunked = lambda arrays, outputs: None  # the same predict as one session call
+    one = rt.predict({"values": x[:, 30:], **past}, outputs=wanted)
+    for name in wanted:
+        assert chunked[name].shape == one[name].shape, name
+        assert np.abs(chunked[name] - one[name]).max() <= 1e-5, name
+    assert chunked[cache.present_names()[0]].shape[2] == 16  # the window slid: max_context positions

@@ -9,7 +9,11 @@
     device.py    execution providers: CUDA with IO binding when a GPU is usable, else CPU; what a session really got
     cacheops.py  device-side gather/scatter of caches for batched steps (tiny Concat/Split graphs)
     errors.py    the runtime's errors, each with its HTTP status
-    server.py    the ASGI app (FastAPI): streams, predict, health, metrics, token, limits
+    limits.py    what one request may cost: chunk sizes of long inputs, JSON depth and number size, defaults
+    chunked.py   a long input through the cache graph in chunks, presents fed back on the device
+    validate.py  the manifest checked against its ONNX graph at load (ManifestError naming the field)
+    server.py    the ASGI app (Starlette): streams, predict, health, metrics, token, limits
+    protocol.py  uvicorn's HTTP protocol with request-head limits and JSON errors before the app
     cli.py       tsattn-serve
 
 Importing ``tsattn.runtime`` needs onnxruntime and numpy only (no torch; the server's modules import FastAPI when
@@ -23,6 +27,6 @@ from tsattn.runtime.errors import (CacheFull, CapacityError, InputError, NonFini
                                    OffsetMismatch, Overloaded, ServingError, StreamEvicted, TooManyStreams,
                                    TooManyValues, UnknownStream)
 
-__all__ = ["CacheFull", "CapacityError", "DeviceUnavailable", "InputError", "ManifestError", "NonFiniteOutput",
-           "NotSupported", "OffsetMismatch", "Overloaded", "Runtime", "ServingError", "StepResult", "Stream",
-           "StreamEvicted", "TooManyStreams", "TooManyValues", "UnknownStream", "load"]
+__all__ = ["CacheFull", "CapacityError", "DeviceUnavailable", "InputError", "ManifestError", "NonFiniteOutput", "NotSupported",
+           "OffsetMismatch", "Overloaded", "Runtime", "ServingError", "StepResult", "Stream", "StreamEvicted",
+           "TooManyStreams", "TooManyValues", "UnknownStream", "load"]

@@ -31,6 +31,13 @@ on every call and by ``sweep()``; ``clock`` is injectable). An evicted stream's 
 ``max_append`` values per append and ``max_predict_values`` per predict (``TooManyValues``). Every method is
 thread-safe.
 
+Hostile input (``tsattn.runtime.limits``): a long append or a predict on the cache graph runs in chunks of at most
+``PREFILL_CHUNK`` positions and ``CALL_POSITIONS`` rows x positions per session call, each chunk's presents fed
+back on the device, so memory grows linearly with a request's length; an append whose outputs would not be
+finite is refused (``NonFiniteOutput``) before its stream's cache changes; ``append(..., offset=n)`` applies the
+values only if the stream has observed ``n`` before them (``OffsetMismatch`` otherwise: a retry is applied once);
+``load`` checks the manifest against its graphs (``tsattn.runtime.validate``).
+
 Streams of every cached export. The manifest's task (``tsattn.export.task.Task``) names the step inputs and outputs
 with their time axes: ``append(s, {name: array})`` takes them (no batch axis for a one-row stream, one or many
 steps) and returns every step output for the new steps; the values form above is kept for an export with one step
@@ -369,8 +376,9 @@ class Runtime(Sessions, InputChecks, StreamRegistry, Scheduler):
         ``inputs``: input name -> array (an array alone when the graph has one non-cache input). Dtypes and
         shapes are checked against the manifest (symbolic dims must agree across inputs, fixed dims match);
         values must be finite. Cache inputs that are not given are zero-length (a full forward from scratch);
-        cache outputs are not returned. Returns output name -> numpy array. Raises ``InputError``,
-        ``TooManyValues``, ``NotSupported`` (unknown graph).
+        cache outputs are not returned. On the streaming cache graph the input runs in chunks (bounded memory, the
+        same result). Returns output name -> numpy array. Raises ``InputError``, ``TooManyValues``,
+        ``NonFiniteOutput`` (an output is NaN or Inf), ``NotSupported`` (unknown graph).
         """
         name = self._graph_name(graph)
         spec = self.manifest.graphs[name]
