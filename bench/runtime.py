@@ -17,8 +17,13 @@ Rows (``--json PATH`` writes exactly these fields):
         (after a warm-up of 200 on other streams); batched: ``--max-batch 64
         --batch-window-ms W``; unbatched: ``--max-batch 1``. Latency per append at the client; appends/s = 2,000 /
         wall time. Bounded: 2,000 appends and ``--server-timeout`` seconds (the case fails beyond it).
+    {"impl": "predict_memory", "values": N, "peak_mb", "delta_mb", "ms"}
+        one predict request of a single series of N values (1024, 8192, 32768), each in its own process, as the
+        server handles it: the JSON body parsed (``tsattn.runtime.limits.loads``), ``Runtime.predict`` (the cache
+        graph in chunks of ``PREFILL_CHUNK`` positions), the answer written as JSON. peak_mb: the process's peak
+        RSS after it; delta_mb: minus the peak after loading and one warm-up predict of 64 values.
 
-    python bench/runtime.py --json out.json [--repeats 5] [--threads 2] [--only server]
+    python bench/runtime.py --json out.json [--repeats 5] [--threads 2] [--only server|memory]
 
 After the table, the ratios of the issue's targets are printed (recompute/cached_step at 512 and 2048, eager/ort,
 server_batched/server_unbatched appends/s).
@@ -46,13 +51,16 @@ sys.path.insert(0, str(ROOT))
 from harness import main, median_ms  # noqa: E402
 
 CONTEXTS = (128, 512, 2048)
+PREDICT_LENGTHS = (1024, 8192, 32768)
 BATCH = 32
 STREAMS = 64
 APPENDS = 2000
 CASES = ([{"impl": impl, "context": c} for c in CONTEXTS for impl in ("cached_step", "recompute")]
          + [{"impl": impl, "batch": BATCH} for impl in ("ort", "eager", "torchscript")]
-         + [{"impl": impl, "streams": STREAMS} for impl in ("server_batched", "server_unbatched")])
-COLUMNS = ("impl", "context", "batch", "streams", "ms", "p50_ms", "p99_ms", "appends_per_s")
+         + [{"impl": impl, "streams": STREAMS} for impl in ("server_batched", "server_unbatched")]
+         + [{"impl": "predict_memory", "values": n} for n in PREDICT_LENGTHS])
+COLUMNS = ("impl", "context", "batch", "streams", "values", "ms", "p50_ms", "p99_ms", "appends_per_s", "peak_mb",
+           "delta_mb")
 OPTIONS = {"d_model": 128, "n_layers": 4, "n_heads": 4, "max_context": 2048}
 
 
@@ -87,6 +95,35 @@ def _stream_case(case: Dict, repeats: int, threads: int) -> Dict:
             window = values[None, : context + 1]
             ms = median_ms(lambda: rt.predict({"values": window}), repeats)
     return {"impl": case["impl"], "context": context, "ms": ms}
+
+
+def _vm_hwm_mb() -> float:
+    """This process's peak RSS (VmHWM, MiB). Not ru_maxrss: a child inherits its parent's at fork, and this case's
+    parent exported the model with torch."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
+def _memory_case(case: Dict, repeats: int, threads: int) -> Dict:
+    from tsattn.runtime import limits, load
+
+    peak_rss_mb = _vm_hwm_mb
+
+    n = case["values"]
+    body = json.dumps({"inputs": {"values": [_series(n).round(5).tolist()]}}).encode()
+    with load(case["export"], device="cpu", threads=threads) as rt:
+        rt.predict({"values": _series(64)[None]})
+        base = peak_rss_mb()
+        t0 = time.perf_counter()
+        data = limits.loads(body)
+        outputs = rt.predict(data["inputs"])
+        text = limits.dumps({"model": rt.name, "outputs": {k: v.tolist() for k, v in outputs.items()}})
+        ms = (time.perf_counter() - t0) * 1e3
+        peak = peak_rss_mb()
+    assert len(text) > n
+    return {"impl": "predict_memory", "values": n, "peak_mb": peak, "delta_mb": peak - base, "ms": ms}
 
 
 def _batch_case(case: Dict, repeats: int, threads: int) -> Dict:
@@ -235,6 +272,8 @@ def run_case(case: Dict, repeats: int) -> Dict:
         return _stream_case(case, repeats, threads)
     if "batch" in case:
         return _batch_case(case, repeats, threads)
+    if "values" in case:
+        return _memory_case(case, repeats, threads)
     return _server_case(case, repeats, threads)
 
 
@@ -267,7 +306,7 @@ def _driver(argv: List[str]) -> int:
 
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--json")
-    parser.add_argument("--only", choices=("stream", "batch", "server"))
+    parser.add_argument("--only", choices=("stream", "batch", "server", "memory"))
     parser.add_argument("--exporter", default="dynamo", choices=("dynamo", "legacy"))
     parser.add_argument("--export", help="reuse an export of the bench's reference model (max_context 2048)")
     parser.add_argument("--batch-length", type=int, default=96)
@@ -280,7 +319,7 @@ def _driver(argv: List[str]) -> int:
         if export_dir is None:
             export_dir = str(tmp / "reference")
             _export(Path(export_dir), known.exporter)
-        kind = {"stream": "context", "batch": "batch", "server": "streams"}.get(known.only)
+        kind = {"stream": "context", "batch": "batch", "server": "streams", "memory": "values"}.get(known.only)
         for case in CASES:
             case.update(export=export_dir, length=known.batch_length, window_ms=known.batch_window_ms,
                         timeout=known.server_timeout)
@@ -288,7 +327,7 @@ def _driver(argv: List[str]) -> int:
         out = known.json or str(tmp / "rows.json")
 
         def add_arguments(p):  # the driver's own options, parsed above; listed here for --help
-            p.add_argument("--only", choices=("stream", "batch", "server"), help="run one group of cases")
+            p.add_argument("--only", choices=("stream", "batch", "server", "memory"), help="run one group of cases")
             p.add_argument("--exporter", help="ONNX exporter of the bench's export (default dynamo)")
             p.add_argument("--export", help="reuse an export of the bench model (d_model 128, 4 layers, 4 heads, "
                                             "max_context 2048, both formats) instead of exporting")

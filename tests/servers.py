@@ -62,8 +62,13 @@ def tsattn_serve(export_dir: Path, *args: str, env: Optional[Dict[str, str]] = N
         match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
         assert match, line
         yield Served(f"127.0.0.1:{match.group(1)}", grpc)
-    finally:
+    except BaseException:
         stop(proc)
+        raise
+    finally:
+        if proc.poll() is None:  # the body passed: SIGTERM stops it cleanly (HTTP and gRPC alike), exit 0
+            status = stop(proc)
+            assert status == 0, f"tsattn-serve did not stop cleanly on SIGTERM (exit status {status})"
         if proc.stderr is not None:
             proc.stderr.close()
 

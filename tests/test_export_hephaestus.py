@@ -124,7 +124,7 @@ def _users_decoder(repo: Path, seed: int, attention_type: str, kwargs: dict):
     return model.eval(), cfg
 
 
-def test_checkpoint_export_decodes_step_by_step_as_the_users_model(repos, tmp_path, capsys):
+def test_checkpoint_export_decodes_step_by_step_as_the_users_model(repos, tmp_path, capsys, monkeypatch):
     import onnxruntime as ort
 
     kwargs = {"chunk_size": 4, "overlap": 2, "decay": "powerlaw", "alpha": 0.3}
@@ -186,7 +186,13 @@ def test_checkpoint_export_decodes_step_by_step_as_the_users_model(repos, tmp_pa
     streamed = stream_in_chunks(runtime, row)
     with TestClient(create_app(runtime)) as client:
         over_http = http_stream_in_chunks(client, runtime.manifest, row)
-    for got in (streamed, over_http, {k: v[0] for k, v in whole.items()}):
+    from tsattn.runtime import limits
+
+    asked = []
+    monkeypatch.setattr(limits, "chunk_length", lambda rows, n, *a, **k: asked.append(n) or 4)  # calls of 4 steps
+    one_append = runtime.append(runtime.open_stream(), row)  # 19 steps cut along the time axis (axis 2 here)
+    assert asked == [total]
+    for got in (streamed, over_http, {k: v[0] for k, v in whole.items()}, one_append):
         assert np.abs(got["numeric"] - want.numeric[0].numpy()).max() <= 1e-4
         assert np.abs(got["categorical"] - want.categorical[0].numpy()).max() <= 1e-4
     runtime.shutdown()

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
-from tsattn.export.checkpoint import load_checkpoint, load_weights, split_checkpoint
+from tsattn.export.checkpoint import CheckpointRefused, load_checkpoint, load_weights, split_checkpoint
 from tsattn.export.manifest import CacheSpec, TensorSpec, sha256_file
 from tsattn.export.spec import Exportable, ExportSpec, FlatCache, StepwiseCheck, distinct_sizes, step_tensors
 from tsattn.export.task import Task
@@ -79,6 +79,12 @@ def build_reference_export(options: Mapping[str, Any], checkpoint: Optional[Path
     state = None
     if checkpoint is not None:
         state, ckpt_config = split_checkpoint(load_checkpoint(checkpoint), checkpoint)
+        if ckpt_config:
+            try:  # its own config, checked (types, bounded sizes) before any model is built
+                ReferenceConfig.from_dict(ckpt_config)
+            except (TypeError, ValueError) as exc:
+                raise CheckpointRefused(f"checkpoint {checkpoint} refused: its config is not a reference "
+                                        f"forecaster's: {exc}") from None
         fields.update(ckpt_config or {})
     fields.update(options)
     config = ReferenceConfig.from_dict(fields)

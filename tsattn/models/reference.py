@@ -49,6 +49,11 @@ KVCache = Tuple[Tensor, Tensor]  # (key, value), each (B, n_kv_heads, length, he
 Caches = Tuple[KVCache, ...]  # one per layer
 
 
+MAX_SIZES = {"d_model": 16384, "n_layers": 512, "n_heads": 1024, "n_kv_heads": 1024, "d_ff": 1 << 17,
+             "horizon": 1 << 16, "max_context": 1 << 20}
+MAX_PARAMETERS = 1 << 31  # 8 GiB of float32 weights
+
+
 @dataclass(frozen=True)
 class ReferenceConfig:
     """Size and attention of the reference forecaster.
@@ -84,6 +89,15 @@ class ReferenceConfig:
             raise ValueError(f"scale must be a finite number > 0; got {self.scale!r}")
         if not (isinstance(self.loc, (int, float)) and math.isfinite(self.loc)):
             raise ValueError(f"loc must be a finite number; got {self.loc!r}")
+        for name, most in MAX_SIZES.items():  # bounded before any module is built (a checkpoint's config too)
+            value = getattr(self, name)
+            if value is not None and value > most:
+                raise ValueError(f"{name}={value} is more than {most}, the most a reference forecaster takes")
+        d_ff = self.d_ff or 4 * self.d_model
+        params = self.n_layers * (4 * self.d_model * self.d_model + 2 * self.d_model * d_ff)
+        if params > MAX_PARAMETERS:
+            raise ValueError(f"d_model={self.d_model}, d_ff={d_ff}, n_layers={self.n_layers} make about {params:.3g} "
+                             f"parameters, more than {MAX_PARAMETERS:.3g} (4 bytes each)")
         # d_model / n_heads / n_kv_heads / decay / alpha / dropout are checked by WCMHA itself
 
     @property

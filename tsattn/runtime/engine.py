@@ -31,6 +31,26 @@ on every call and by ``sweep()``; ``clock`` is injectable). An evicted stream's 
 ``max_append`` values per append and ``max_predict_values`` per predict (``TooManyValues``). Every method is
 thread-safe.
 
+Hostile input (``tsattn.runtime.limits``): a long append or a predict on the cache graph runs in chunks of at most
+``PREFILL_CHUNK`` positions and ``CALL_POSITIONS`` rows x positions per session call, each chunk's presents fed
+back on the device, so memory grows linearly with a request's length; an append whose outputs would not be
+finite is refused (``NonFiniteOutput``) before its stream's cache changes; ``append(..., offset=n)`` applies the
+values only if the stream has observed ``n`` before them (``OffsetMismatch`` otherwise: a retry is applied once);
+``load`` checks the manifest against its graphs (``tsattn.runtime.validate``).
+
+Streams of every cached export. The manifest's task (``tsattn.export.task.Task``) names the step inputs and outputs
+with their time axes: ``append(s, {name: array})`` takes them (no batch axis for a one-row stream, one or many
+steps) and returns every step output for the new steps; the values form above is kept for an export with one step
+input whose time axis follows the batch. An encoder-decoder's stream opens with its encoder inputs
+(``open_stream(inputs=...)``: the encoder runs once); a graph with a start position gets the stream's step count;
+``generate`` samples a ``causal_lm``. A cache that does not slide (absolute positions) refuses an append past its
+``max_context`` (``CacheFull``, 409) and the stream stays as it was.
+
+One job per module: ``sessions.py`` (verified sessions, the stream contract), ``inputs.py`` (input validation),
+``streams.py`` (the stream registry and eviction), ``scheduler.py`` (the append queue, the worker and batching);
+``Runtime`` here composes them and holds what runs a step (device caches, gather and scatter, the encoder) and
+predict.
+
 Only onnxruntime and numpy are imported (torch is not needed to serve).
 """
 
@@ -43,7 +63,6 @@ import math
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -52,117 +71,31 @@ import numpy as np
 if TYPE_CHECKING:
     import asyncio
 
-from tsattn.export.manifest import CacheSpec, GraphSpec, Manifest, ManifestError, TensorSpec, load_manifest
-from tsattn.export.task import Task
+from tsattn.export.manifest import Manifest, ManifestError, load_manifest
+from tsattn.runtime import limits
 from tsattn.runtime.cacheops import CacheOps
-from tsattn.runtime.device import Placement, open_session, placement
-from tsattn.runtime.errors import (CacheFull, InputError, NotSupported, Overloaded, StreamEvicted, TooManyStreams,
-                                   TooManyValues, UnknownStream)
+from tsattn.runtime.chunked import finite_rows, joined, run_cached
+from tsattn.runtime.errors import (CacheFull, InputError, NonFiniteOutput, NotSupported, OffsetMismatch, Overloaded,
+                                   TooManyStreams, TooManyValues)
+from tsattn.runtime.inputs import InputChecks
+from tsattn.runtime.scheduler import Scheduler, StepResult, _Append, _resolve
+from tsattn.runtime.sessions import Sessions, _StreamGraph
+from tsattn.runtime.streams import Stream, StreamRegistry, _Block
 
 log = logging.getLogger("tsattn.runtime")
 
-_NUMERIC_KINDS = "iuf"  # numpy kinds accepted as numbers: signed, unsigned, float (not bool, str, object)
-_EVICTED_MEMORY = 10_000
 COUNTERS = ("opened", "closed", "model_calls", "appends", "batched_calls", "batched_appends", "predict_calls",
-            "encoder_calls", "rejected_overloaded")
-DEFAULT_MAX_APPEND = 2048  # a prefill longer than the window is fine (stacked windows reach further back)  # evicted ids remembered, for a clear answer instead of "unknown"
+            "encoder_calls", "rejected_overloaded", "rejected_offset", "rejected_nonfinite", "rejected_cache_full")
+DEFAULT_MAX_APPEND = 2048  # a prefill longer than the window is fine (stacked windows reach further back)
 
 
-class Stream:
-    """An open stream: ``id``, ``rows`` (batch rows = channels), ``length`` (positions in its cache, at most
-    max_context), ``observed`` (values appended in all). Internal state is the runtime's; use its methods."""
-
-    __slots__ = ("id", "rows", "length", "observed", "opened", "last_used", "_block", "_pending", "_queued",
-                 "_closed", "_statics", "_static_key", "_last")
-
-    def __init__(self, stream_id: str, rows: int, now: float, statics: Optional[List[Any]] = None) -> None:
-        self.id = stream_id
-        self.rows = rows
-        self.length = 0
-        self.observed = 0
-        self.opened = now
-        self.last_used = now
-        self._block: Optional[_Block] = None  # where the cache is (rows of a block of OrtValues); None: empty
-        self._pending = 0  # appends queued or in flight
-        self._queued = 0  # steps of those appends (a cache that does not slide: observed + queued <= capacity)
-        self._closed = False
-        self._statics = statics  # an encoder-decoder's encoder outputs fed to every step (OrtValues), or None
-        self._static_key = tuple(tuple(v.shape()[1:]) for v in statics) if statics else ()
-        self._last: Optional[np.ndarray] = None  # the primary output at the last step (generate reads it)
-
-    def __repr__(self) -> str:
-        return f"Stream({self.id!r}, rows={self.rows}, length={self.length}, observed={self.observed})"
-
-
-class _Block:
-    """Caches on the device: ``tensors`` (the cache tensors in graph order, OrtValues) hold the rows of ``members``
-    in order. A step's present tensors become one block for all the streams stepped together; when the same
-    streams step together again (the steady state of concurrent streams), the block is the next past as it is, with
-    no gather or scatter. A block is split into per-stream blocks only when its streams part ways."""
-
-    __slots__ = ("tensors", "members")
-
-    def __init__(self, tensors: List[Any], members: List["Stream"]) -> None:
-        self.tensors = tensors
-        self.members = members
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """What an append returns through ``submit``'s future: ``outputs``, every step output for the new steps (the
-    graph's layout without the batch axis for a one-row stream, with it for several; time on the task's axis),
-    ``forecast``, the primary output after the last new step (``(*out,)`` for one row, ``(*out, rows)`` for
-    several: what the ``values`` form answers), and the stream's cache length and step count after it."""
-
-    forecast: np.ndarray
-    length: int
-    observed: int
-    outputs: Dict[str, np.ndarray] = field(default_factory=dict)
-
-
-class _Append:
-    """A queued append: its stream, its values, and the future to resolve: a ``concurrent.futures.Future``, or an
-    asyncio future of ``loop`` (resolved on that loop, one wake-up per batch)."""
-
-    __slots__ = ("stream", "inputs", "n", "future", "loop", "queued")
-
-    def __init__(self, stream: Stream, inputs: Dict[str, np.ndarray], n: int, loop=None) -> None:
-        self.stream = stream
-        self.inputs = inputs  # step input name -> array in the graph's layout (rows on axis 0) and dtype
-        self.n = n  # new steps
-        self.loop = loop
-        self.future = concurrent.futures.Future() if loop is None else loop.create_future()
-        self.queued = time.perf_counter()
-
-
-@dataclass(frozen=True)
-class _StreamGraph:
-    """How the streaming graph is driven, read from the manifest's task (checked against its graphs): the step
-    inputs and outputs with their time axes (graph axes, batch at 0), the inputs an encoder feeds, the position
-    input, and the fixed dims of one observation for the ``values`` form (None: that form does not fit)."""
-
-    graph: GraphSpec
-    cache: CacheSpec
-    task: Task
-    inputs: Tuple[Tuple[TensorSpec, int], ...]
-    outputs: Tuple[Tuple[TensorSpec, int], ...]
-    statics: Tuple[str, ...]
-    encoder: Optional[GraphSpec]
-    position: Optional[str]
-    features: Optional[Tuple[int, ...]]
-
-    @property
-    def primary(self) -> Tuple[TensorSpec, int]:
-        return self.outputs[0]
-
-
-class Runtime:
+class Runtime(Sessions, InputChecks, StreamRegistry, Scheduler):
     """Sessions, streams and predict for one export (see the module docstring). Build with ``load``."""
 
     def __init__(self, manifest: Manifest, *, device: str = "auto", threads: Optional[int] = 1,
                  max_streams: int = 1024, max_cache_bytes: Optional[int] = 1 << 30,
                  idle_ttl_s: Optional[float] = 900.0, batch_window_ms: float = 0.0, max_batch: int = 64,
-                 max_pending: int = 4096, max_append: Optional[int] = None, max_predict_values: int = 1 << 22,
+                 max_pending: int = 4096, max_append: Optional[int] = None, max_predict_values: int = limits.DEFAULT_MAX_PREDICT_VALUES,
                  clock: Callable[[], float] = time.monotonic) -> None:
         for name, value in (("max_streams", max_streams), ("max_batch", max_batch), ("max_pending", max_pending),
                             ("max_predict_values", max_predict_values)):
@@ -189,13 +122,8 @@ class Runtime:
         self.max_predict_values = max_predict_values
         self._clock = clock
 
-        where = placement(device)
-        self.sessions: Dict[str, Any] = {}
-        for name in manifest.graphs:
-            session, where = open_session(self._verified_model(name), where, threads, label=f"{manifest.name}/{name}")
-            self.sessions[name] = session
-        self.placement: Placement = where
-        self.providers: Dict[str, List[str]] = {n: list(s.get_providers()) for n, s in self.sessions.items()}
+        self._open_sessions(device, threads)
+        where = self.placement
 
         self._stream_graph, self.streams_unsupported = self._streaming_spec()
         cache = manifest.cache
@@ -230,62 +158,6 @@ class Runtime:
         self._worker: Optional[threading.Thread] = None
         self._stopping = False
 
-    # ------------------------------------------------------------------------------------------------ loading
-
-    def _verified_model(self, graph: str) -> Union[bytes, Path]:
-        """The ONNX model of ``graph``: its bytes, hashed again here so that the session is built from exactly
-        the bytes that match the manifest (a path when the graph keeps weights in external data files)."""
-        import hashlib
-
-        path = self.manifest.graph_file(graph, "onnx")
-        entry = next((f for f in self.manifest.files if f.path == self.manifest.graphs[graph].files["onnx"]), None)
-        if entry is None:
-            raise ManifestError(f"{path}: not listed in the manifest's files")
-        if any(f.format == "data" and f.graph == graph for f in self.manifest.files):
-            return path  # external data: verified by load_manifest, resolved by ONNX Runtime beside the file
-        data = path.read_bytes()
-        if len(data) != entry.bytes or hashlib.sha256(data).hexdigest() != entry.sha256:
-            raise ManifestError(f"{path}: changed since the manifest was verified (size or sha256 differs); "
-                                f"refusing to load it")
-        return data
-
-    @property
-    def _device_type(self) -> str:
-        return "cuda" if self.placement.kind == "cuda" else "cpu"
-
-    @property
-    def device(self) -> str:
-        return self.placement.name
-
-    def _streaming_spec(self) -> Tuple[Optional[_StreamGraph], Optional[str]]:
-        """The streaming graph as the task declares it, or why the export does not stream."""
-        cache, task = self.manifest.cache, self.manifest.task
-        if not task.streams:
-            return None, f"the export's task is {task.kind!r}, a stateless graph with no KV cache (use predict)"
-        if cache is None or cache.graph != task.graph:
-            return None, "the export has no KV cache on its step graph (use predict)"
-        graph = self.manifest.graphs[task.graph]
-        statics = tuple(dst for _, dst in task.encoder.feeds) if task.encoder else ()
-        known = set(task.input_names) | set(cache.past_names()) | set(statics) | {task.position}
-        others = [t.name for t in graph.inputs if t.name not in known]
-        if others:
-            return None, f"the graph has inputs neither the task nor the cache feeds: {others}"
-        steps = []
-        for side, tensors, get in (("input", task.inputs, graph.input), ("output", task.outputs, graph.output)):
-            resolved = []
-            for t in tensors:
-                spec = get(t.name)
-                if not spec.shape or spec.shape[0] != cache.batch_dim:
-                    return None, f"{side} {t.name!r} has shape {list(spec.shape)}; its first dim must be the batch"
-                free = [d for i, d in enumerate(spec.shape) if isinstance(d, str) and i not in (0, t.time_axis)]
-                if side == "input" and free:
-                    return None, f"input {t.name!r} has symbolic dims {free} besides batch and time"
-                resolved.append((spec, t.time_axis))
-            steps.append(tuple(resolved))
-        first, axis = steps[0][0]
-        features = tuple(int(d) for d in first.shape[2:]) if len(steps[0]) == 1 and axis == 1 else None
-        encoder = self.manifest.graphs[task.encoder.graph] if task.encoder else None
-        return _StreamGraph(graph, cache, task, steps[0], steps[1], statics, encoder, task.position, features), None
 
     # ------------------------------------------------------------------------------------------------ streams
 
@@ -301,6 +173,9 @@ class Runtime:
         sg = self._streams_or_raise()
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise InputError(f"channels must be a positive integer; got {channels!r}")
+        if channels > limits.MAX_CHANNELS:
+            raise TooManyValues(f"channels={channels}: a stream has at most {limits.MAX_CHANNELS} channels "
+                                f"(max_channels)")
         full = sg.cache.max_context
         if self.max_cache_bytes is not None and full is not None:
             need = sg.cache.bytes_per_position(self._itemsize) * full * channels
@@ -349,8 +224,8 @@ class Runtime:
             self._counters["encoder_calls"] += 1
         return list(io.get_outputs())
 
-    def append(self, stream: Union[Stream, str], observations: Any,
-               timeout: Optional[float] = None) -> Union[np.ndarray, Dict[str, np.ndarray]]:
+    def append(self, stream: Union[Stream, str], observations: Any, timeout: Optional[float] = None,
+               offset: Optional[int] = None) -> Union[np.ndarray, Dict[str, np.ndarray]]:
         """Append steps to a stream: with a mapping, return every step output for the new steps; with values, the
         primary output after the last one (the reference model's forecast).
 
@@ -361,10 +236,15 @@ class Runtime:
         *features)`` for a one-channel stream (a scalar for one value of a univariate model), ``(n, channels,
         *features)`` otherwise; returns ``(*out,)`` or ``(*out, channels)``, e.g. ``(horizon,)`` / ``(horizon,
         C)`` for the reference model. Numbers, finite, at most ``max_append`` steps.
-        Raises ``InputError``, ``TooManyValues``, ``CacheFull`` (a cache that does not slide would pass its
-        capacity: nothing is appended), ``UnknownStream``/``StreamEvicted``, ``Overloaded``.
+        ``offset``: the number of steps the caller expects the stream to have observed before these (its
+        ``observed``); when it differs, nothing is applied and ``OffsetMismatch`` (409) says the stream's count,
+        so that an append retried with the same offset is applied exactly once. A long append is stepped in
+        chunks (``tsattn.runtime.limits``). Raises ``InputError``, ``TooManyValues``, ``CacheFull`` (409: a
+        cache that does not slide would pass its capacity; nothing is appended), ``NonFiniteOutput`` (the
+        model's output would not be finite: the stream is left as it was), ``OffsetMismatch``,
+        ``UnknownStream``/``StreamEvicted``, ``Overloaded``.
         """
-        result = self.submit(stream, observations).result(timeout)
+        result = self.submit(stream, observations, offset=offset).result(timeout)
         return result.outputs if isinstance(observations, Mapping) else result.forecast
 
     def generate(self, stream: Union[Stream, str], n: int, *, top_k: Optional[int] = None,
@@ -409,25 +289,36 @@ class Runtime:
             logits = self.get_stream(s)._last
         return np.asarray(tokens, dtype=np.int64)
 
-    def submit(self, stream: Union[Stream, str], observations: Any) -> "concurrent.futures.Future[StepResult]":
+    def submit(self, stream: Union[Stream, str], observations: Any,
+               offset: Optional[int] = None) -> "concurrent.futures.Future[StepResult]":
         """Queue an append (``append``'s ``observations``, a mapping or values); the future resolves to a
-        ``StepResult`` (or the error of the step). Input, unknown streams, a full cache and a full queue raise
-        here, before anything is queued."""
-        return self._enqueue(stream, observations, None).future
+        ``StepResult`` (or the error of the step). Input, unknown streams, a full cache, a full queue and an
+        offset that already differs (nothing queued before it) raise here, before anything is queued; an offset
+        is checked again when the append runs, after the appends queued before it."""
+        return self._enqueue(stream, observations, None, offset).future
 
-    def append_async(self, stream: Union[Stream, str], observations: Any) -> "asyncio.Future[StepResult]":
+    def append_async(self, stream: Union[Stream, str], observations: Any,
+                     offset: Optional[int] = None) -> "asyncio.Future[StepResult]":
         """``submit`` for a caller on an asyncio event loop (call it from the loop): an asyncio future, resolved on
         the loop; the appends of one batched step cost the loop one wake-up. Cancelling it does not undo the step."""
         import asyncio
 
-        return self._enqueue(stream, observations, asyncio.get_running_loop()).future
+        return self._enqueue(stream, observations, asyncio.get_running_loop(), offset).future
 
-    def _enqueue(self, stream: Union[Stream, str], observations: Any, loop) -> _Append:
+    @staticmethod
+    def _offset_mismatch(s: Stream, offset: int) -> OffsetMismatch:
+        return OffsetMismatch(f"offset {offset} does not match stream {s.id!r}, which has observed {s.observed} "
+                              f"value(s) (length {s.length}); nothing was applied", s.observed, s.length)
+
+    def _enqueue(self, stream: Union[Stream, str], observations: Any, loop, offset: Optional[int] = None) -> _Append:
         sg = self._streams_or_raise()
         known = self._streams.get(stream.id if isinstance(stream, Stream) else str(stream))  # a dict read: atomic
         if known is None:
             with self._lock:
                 known = self._get_locked(stream)  # raises UnknownStream / StreamEvicted
+        if offset is not None and (isinstance(offset, bool) or not isinstance(offset, int) or offset < 0):
+            raise InputError(f"offset must be an integer >= 0 (the stream's observed count before these values); "
+                             f"got {offset!r}")
         inputs, n = self._step_inputs(observations, known.rows, sg)
         with self._lock:
             now = self._clock()
@@ -436,17 +327,21 @@ class Runtime:
             if self.idle_ttl_s is not None and s._pending == 0 and now - s.last_used > self.idle_ttl_s:
                 self._evict_locked(s, "idle_ttl", f"idle for more than {self.idle_ttl_s:g} s (idle_ttl_s)")
                 s = self._get_locked(stream)  # raises StreamEvicted
+            if offset is not None and s._pending == 0 and offset != s.observed:
+                self._counters["rejected_offset"] += 1
+                raise self._offset_mismatch(s, offset)
             if len(self._queue) >= self.max_pending:
                 self._counters["rejected_overloaded"] += 1
                 raise Overloaded(f"{len(self._queue)} appends are queued (max_pending={self.max_pending})",
                                  retry_after=max(0.05, self.batch_window_s * 4))
             if not sg.cache.sliding and not sg.cache.fits(s.observed + s._queued, n):
                 held = s.observed + s._queued
+                self._counters["rejected_cache_full"] += 1
                 raise CacheFull(f"stream {s.id!r} holds {held} of the cache's {sg.cache.max_context} positions; "
                                 f"{n} more would pass its capacity (absolute positions: the cache does not slide). "
                                 f"Append at most {sg.cache.max_context - held} more, or close the stream and open "
                                 f"a new one; the stream is unchanged")
-            request = _Append(s, inputs, n, loop)
+            request = _Append(s, inputs, n, loop, offset)
             s._pending += 1
             s._queued += n
             s.last_used = now
@@ -457,21 +352,6 @@ class Runtime:
                 self._wake.notify()  # the worker waits for the first append, or for a full batch; no more wake-ups
         return request
 
-    def close(self, stream: Union[Stream, str]) -> None:
-        """Close a stream and free its cache; an append still queued for it fails with ``UnknownStream``."""
-        with self._lock:
-            s = self._get_locked(stream)
-            self._drop_locked(s)
-            self._counters["closed"] += 1
-
-    def get_stream(self, stream: Union[Stream, str]) -> Stream:
-        with self._lock:
-            return self._get_locked(stream)
-
-    def sweep(self) -> int:
-        """Evict streams idle for longer than ``idle_ttl_s``; returns how many."""
-        with self._lock:
-            return self._sweep_locked(self._clock(), force=True)
 
     def stats(self) -> Dict[str, Any]:
         """Counters and gauges: open streams, cache bytes, evictions by reason, model calls, appends, ..."""
@@ -496,8 +376,9 @@ class Runtime:
         ``inputs``: input name -> array (an array alone when the graph has one non-cache input). Dtypes and
         shapes are checked against the manifest (symbolic dims must agree across inputs, fixed dims match);
         values must be finite. Cache inputs that are not given are zero-length (a full forward from scratch);
-        cache outputs are not returned. Returns output name -> numpy array. Raises ``InputError``,
-        ``TooManyValues``, ``NotSupported`` (unknown graph).
+        cache outputs are not returned. On the streaming cache graph the input runs in chunks (bounded memory, the
+        same result). Returns output name -> numpy array. Raises ``InputError``, ``TooManyValues``,
+        ``NonFiniteOutput`` (an output is NaN or Inf), ``NotSupported`` (unknown graph).
         """
         name = self._graph_name(graph)
         spec = self.manifest.graphs[name]
@@ -547,18 +428,56 @@ class Runtime:
             raise InputError(f"unknown output(s) {bad} of graph {name!r}")
         import onnxruntime as ort
 
-        session = self.sessions[name]
-        io = session.io_binding()
-        dev, dev_id = self._device_type, self.placement.device_id
-        for n, a in arrays.items():
-            io.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(a, dev, dev_id))
-        for n in wanted:
-            io.bind_output(n, "cpu")
-        session.run_with_iobinding(io)
-        result = {n: v.numpy() for n, v in zip(wanted, io.get_outputs())}
+        result = self._predict_chunked(arrays, wanted) if cache is not None else None
+        if result is None:  # not the streaming cache graph: one call
+            session = self.sessions[name]
+            io = session.io_binding()
+            dev, dev_id = self._device_type, self.placement.device_id
+            for n, a in arrays.items():
+                io.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(a, dev, dev_id))
+            for n in wanted:
+                io.bind_output(n, "cpu")
+            session.run_with_iobinding(io)
+            result = {n: v.numpy() for n, v in zip(wanted, io.get_outputs())}
+        for n, v in result.items():
+            if v.dtype.kind in "fc" and not np.isfinite(v).all():
+                raise NonFiniteOutput(f"the model's output {n!r} for these inputs is not finite (NaN or Inf: a value "
+                                      f"too large for the model?)")
         with self._lock:
             self._counters["predict_calls"] += 1
         return result
+
+    def _predict_chunked(self, arrays: Dict[str, np.ndarray], wanted: List[str]) -> Optional[Dict[str, np.ndarray]]:
+        """A predict on the streaming cache graph in chunks (``limits.chunk_length`` positions, ``limits.row_groups``
+        rows per call), each chunk's presents fed back: bounded memory for any length. None when the graph or an
+        output asked for does not fit that contract (one call then)."""
+        sg = self._stream_graph
+        if sg is None or any(t.name not in arrays for t, _ in sg.inputs):
+            return None
+        presents = sg.cache.present_names()
+        out_axes = {t.name: ax for t, ax in sg.outputs}
+        axes: Dict[str, int] = {}
+        for n in wanted:
+            if n in presents:
+                continue
+            if n not in out_axes:  # not a step output: no time axis to join chunks along
+                return None
+            axes[n] = out_axes[n]
+        first, axis = arrays[sg.inputs[0][0].name], sg.inputs[0][1]
+        rows, length = first.shape[0], first.shape[axis]
+        past = [arrays[p] for p in sg.cache.past_names()]
+        position = None if sg.position is None else (sg.position, int(arrays[sg.position]))
+        pieces: Dict[str, List[np.ndarray]] = {n: [] for n in wanted}
+        for lo, hi in limits.row_groups(rows, length):
+            outs, last = run_cached(self.sessions[sg.graph.name], {t.name: (arrays[t.name][lo:hi], ax)
+                                                                   for t, ax in sg.inputs},
+                                    [p[lo:hi] for p in past], sg.cache.past_names(), presents, list(axes),
+                                    self._device_type, self.placement.device_id, limits.chunk_length(1, length),
+                                    fixed={n: arrays[n][lo:hi] for n in sg.statics}, position=position)
+            steps = joined(outs, axes)
+            for n in wanted:
+                pieces[n].append(steps[n] if n in axes else last[presents.index(n)].numpy())
+        return {n: p[0] if len(p) == 1 else np.concatenate(p, axis=0) for n, p in pieces.items()}
 
     def _graph_name(self, graph: Optional[str]) -> str:
         if graph is not None:
@@ -571,275 +490,6 @@ class Runtime:
             return self.manifest.cache.graph
         raise NotSupported(f"export {self.name!r} has several graphs {sorted(self.manifest.graphs)}; name one")
 
-    # ------------------------------------------------------------------------------------------------ input checks
-
-    @staticmethod
-    def _numbers(data: Any, what: str) -> np.ndarray:
-        try:
-            arr = np.asarray(data)
-        except (ValueError, TypeError) as exc:  # ragged nesting
-            detail = "ragged nesting" if "inhomogeneous" in str(exc) else str(exc).splitlines()[0][:200]
-            raise InputError(f"{what}: not a rectangular array of numbers ({detail})") from None
-        if arr.dtype.kind not in _NUMERIC_KINDS:
-            kind = {"b": "booleans", "U": "strings", "S": "bytes", "O": "a ragged or mixed array"}.get(
-                arr.dtype.kind, str(arr.dtype))
-            raise InputError(f"{what}: expected numbers, got {kind}")
-        return arr
-
-    @staticmethod
-    def _finite(arr: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
-        """``arr`` cast to ``dtype``; ``InputError`` naming the first NaN/Inf, before or after the cast."""
-        if arr.dtype.kind == "f":
-            bad = ~np.isfinite(arr)
-            if bad.any():
-                index = tuple(int(i) for i in np.argwhere(bad)[0])
-                raise InputError(f"{what}{list(index)} is {float(arr[index])!r}: values must be finite (no NaN or "
-                                 f"Inf)")
-        if np.dtype(dtype).kind == "f":
-            with np.errstate(over="ignore"):
-                cast = arr.astype(dtype)
-            bad = ~np.isfinite(cast)
-            if bad.any():
-                index = tuple(int(i) for i in np.argwhere(bad)[0])
-                raise InputError(f"{what}{list(index)} = {float(arr[index])!r} overflows {np.dtype(dtype).name}")
-            return cast
-        if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
-            raise InputError(f"{what}: expected integers for a {np.dtype(dtype).name} tensor")
-        info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
-        if info is not None and arr.size and (arr.min() < info.min or arr.max() > info.max):
-            raise InputError(f"{what}: values outside the range of {np.dtype(dtype).name}")
-        return arr.astype(dtype)
-
-    def _step_inputs(self, observations: Any, rows: int, sg: _StreamGraph) -> Tuple[Dict[str, np.ndarray], int]:
-        """An append's step inputs in the graph's layout (rows on axis 0) and the number of new steps."""
-        if isinstance(observations, Mapping):
-            arrays = self._batched(observations, [t for t, _ in sg.inputs], rows, "input")
-            n = int(next(iter(arrays.values())).shape[sg.inputs[0][1]])
-            if n == 0:
-                raise InputError("inputs are empty: append at least one step")
-            if n > self.max_append:
-                raise TooManyValues(f"{n} steps in one append; the limit is {self.max_append} (max_append)")
-            return arrays, n
-        if sg.features is None:
-            raise InputError(f"export {self.name!r} takes the step inputs {[t.name for t, _ in sg.inputs]}: pass a "
-                             f"mapping of input name -> array (inputs=...)")
-        arr = self._observations(observations, rows, sg)
-        return {sg.inputs[0][0].name: arr}, int(arr.shape[1])
-
-    def _batched(self, inputs: Mapping[str, Any], specs: Sequence[TensorSpec], rows: int,
-                 what: str) -> Dict[str, np.ndarray]:
-        """Named arrays of one stream (no batch axis for one row, a leading axis of ``rows`` for several) checked
-        against ``specs`` (names, dims, dtypes, finite) and returned in the graph's layout, batch first."""
-        names = [t.name for t in specs]
-        unknown = sorted(set(inputs) - set(names))
-        if unknown:
-            raise InputError(f"unknown {what}(s) {unknown}; this export takes {names}")
-        missing = [n for n in names if n not in inputs]
-        if missing:
-            raise InputError(f"missing {what}(s) {missing}; this export takes {names}")
-        sizes: Dict[str, int] = {}
-        out = {}
-        for t in specs:
-            arr = self._numbers(inputs[t.name], f"{what} {t.name!r}") if t.numpy_dtype.kind != "b" else \
-                np.asarray(inputs[t.name])
-            if rows == 1:
-                if arr.ndim != len(t.shape) - 1:
-                    raise InputError(f"{what} {t.name!r} has shape {tuple(arr.shape)}; a stream takes "
-                                     f"{list(t.shape[1:])} (the graph's {list(t.shape)} without the batch)")
-                arr = arr[None]
-            out[t.name] = self._tensor(arr, t, sizes, f"{what} {t.name!r}")
-        batch = self._stream_graph.cache.batch_dim if self._stream_graph else "batch"
-        if sizes.get(batch, rows) != rows:
-            raise InputError(f"{what}s have {sizes[batch]} rows; the stream has {rows} (channels)")
-        return out
-
-    def _observations(self, observations: Any, rows: int, sg: _StreamGraph) -> np.ndarray:
-        arr = self._numbers(observations, "observations")
-        features = sg.features
-        if rows == 1 and arr.ndim == len(features):
-            arr = arr[None]  # a single observation
-        expected = ("n",) + ((rows,) if rows > 1 else ()) + features
-        if arr.ndim != len(expected) or tuple(arr.shape[1:]) != tuple(expected[1:]):
-            shape = "(" + ", ".join(str(d) for d in expected) + ("," if len(expected) == 1 else "") + ")"
-            raise InputError(f"observations have shape {tuple(arr.shape)}; this stream takes {shape}"
-                             + (" (n values, channels)" if rows > 1 else ""))
-        n = arr.shape[0]
-        if n == 0:
-            raise InputError("observations are empty: append at least one value")
-        if n > self.max_append:
-            raise TooManyValues(f"{n} observations in one append; the limit is {self.max_append} (max_append)")
-        arr = self._finite(arr, sg.inputs[0][0].numpy_dtype, "observations")
-        if rows > 1:
-            arr = np.moveaxis(arr, 1, 0)  # (rows, n, *features)
-        else:
-            arr = arr[None]
-        return np.ascontiguousarray(arr)
-
-    def _tensor(self, data: Any, spec: TensorSpec, sizes: Dict[str, int], what: str) -> np.ndarray:
-        arr = self._numbers(data, what) if spec.numpy_dtype.kind != "b" else np.asarray(data)
-        if spec.numpy_dtype.kind == "b" and arr.dtype.kind != "b":
-            raise InputError(f"{what}: expected booleans, got {arr.dtype}")
-        if arr.ndim != len(spec.shape):
-            raise InputError(f"{what} has {arr.ndim} dims {tuple(arr.shape)}; the graph expects {len(spec.shape)} "
-                             f"{list(spec.shape)}")
-        for axis, (dim, size) in enumerate(zip(spec.shape, arr.shape)):
-            if isinstance(dim, int):
-                if size != dim:
-                    raise InputError(f"{what} dim {axis} is {size}; the graph expects {dim} (shape {list(spec.shape)})")
-            elif dim in sizes and sizes[dim] != size:
-                raise InputError(f"{what} dim {axis} ({dim!r}) is {size}, but another input has {dim}={sizes[dim]}")
-            else:
-                if size == 0 and dim != (self.manifest.cache.past_dim if self.manifest.cache else None):
-                    raise InputError(f"{what} dim {axis} ({dim!r}) is empty")
-                sizes[dim] = size
-        if spec.numpy_dtype.kind == "b":
-            return np.ascontiguousarray(arr)
-        return np.ascontiguousarray(self._finite(arr, spec.numpy_dtype, what))
-
-    # ------------------------------------------------------------------------------------------------ bookkeeping
-
-    def _streams_or_raise(self) -> _StreamGraph:
-        if self._stream_graph is None:
-            raise NotSupported(f"export {self.name!r} does not stream: {self.streams_unsupported}")
-        return self._stream_graph
-
-    def _get_locked(self, stream: Union[Stream, str]) -> Stream:
-        stream_id = stream.id if isinstance(stream, Stream) else str(stream)
-        s = self._streams.get(stream_id)
-        if s is None:
-            reason = self._evicted.get(stream_id)
-            if reason is not None:
-                raise StreamEvicted(f"stream {stream_id!r} was evicted ({reason}); open a new one")
-            raise UnknownStream(f"unknown stream {stream_id!r} (never opened, or closed)")
-        return s
-
-    def _stream_bytes(self, rows: int, length: int) -> int:
-        return self._stream_graph.cache.bytes_per_position(self._itemsize) * rows * length
-
-    def _drop_locked(self, s: Stream) -> None:
-        self._streams.pop(s.id, None)
-        self._cache_bytes -= self._stream_bytes(s.rows, s.length)
-        s._closed = True
-        s._block = None  # its rows in a shared block go when the block's other streams part ways or close
-
-    def _evict_locked(self, s: Stream, reason: str, detail: str) -> None:
-        self._drop_locked(s)
-        self._evicted[s.id] = detail
-        while len(self._evicted) > _EVICTED_MEMORY:
-            self._evicted.popitem(last=False)
-        self._evictions[reason] += 1
-        log.debug("evicted stream %s: %s", s.id, detail)
-
-    def _evict_lru_locked(self, reason: str, keep: Optional[set] = None) -> bool:
-        for s in self._streams.values():  # least recently used first
-            if s._pending == 0 and (keep is None or s.id not in keep):
-                detail = {"max_streams": f"least recently used when {self.max_streams} streams were open "
-                                         f"(max_streams)",
-                          "max_cache_bytes": f"least recently used when the caches exceeded "
-                                             f"{self.max_cache_bytes} bytes (max_cache_bytes)"}[reason]
-                self._evict_locked(s, reason, detail)
-                return True
-        return False
-
-    def _sweep_locked(self, now: float, force: bool = False) -> int:
-        """Evict expired streams; a full scan at most every ``idle_ttl_s / 16`` (1 s at most) unless forced."""
-        if self.idle_ttl_s is None:
-            return 0
-        if not force and now - self._last_sweep < min(1.0, self.idle_ttl_s / 16):
-            return 0
-        self._last_sweep = now
-        expired = [s for s in self._streams.values() if s._pending == 0 and now - s.last_used > self.idle_ttl_s]
-        for s in expired:
-            self._evict_locked(s, "idle_ttl", f"idle for more than {self.idle_ttl_s:g} s (idle_ttl_s)")
-        return len(expired)
-
-    # ------------------------------------------------------------------------------------------------ the worker
-
-    def _ensure_worker_locked(self) -> None:
-        if self._worker is None or not self._worker.is_alive():
-            self._stopping = False
-            self._worker = threading.Thread(target=self._work, name=f"tsattn-runtime-{self.name}", daemon=True)
-            self._worker.start()
-
-    def shutdown(self) -> None:
-        """Stop the worker (queued appends fail with ``Overloaded``) and drop every stream."""
-        with self._lock:
-            self._stopping = True
-            self._wake.notify_all()
-            worker = self._worker
-        if worker is not None and worker is not threading.current_thread():
-            worker.join(timeout=10)
-        with self._lock:
-            while self._queue:
-                r = self._queue.popleft()
-                r.stream._pending -= 1
-                r.stream._queued -= r.n
-                _resolve([(r, None, Overloaded("the runtime is shutting down"))])
-            for s in list(self._streams.values()):
-                self._drop_locked(s)
-
-    def __enter__(self) -> "Runtime":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.shutdown()
-
-    def _work(self) -> None:
-        while True:
-            with self._lock:
-                while not self._queue and not self._stopping:
-                    self._wake.wait()
-                if self._stopping:
-                    return
-                if self.batch_window_s > 0 and self.max_batch > 1:
-                    # wait while appends keep arriving: until none came for a window (at most 10 windows)
-                    cap = self._queue[0].queued + 10 * self.batch_window_s
-                    while len(self._queue) < self.max_batch and not self._stopping:
-                        deadline = min(self._queue[-1].queued + self.batch_window_s, cap)
-                        remaining = deadline - time.perf_counter()
-                        if remaining <= 0:
-                            break
-                        self._wake.wait(remaining)
-                    if self._stopping:
-                        return
-                groups = self._take_locked()
-            for group in groups:
-                for start in range(0, len(group), self.max_batch):
-                    chunk = group[start : start + self.max_batch]
-                    try:
-                        self._step(chunk)
-                    except Exception as exc:  # a bug in the bookkeeping: fail these appends, keep the worker
-                        log.exception("internal error stepping %d stream(s)", len(chunk))
-                        _resolve([(r, None, exc) for r in chunk])
-
-    def _take_locked(self) -> List[List[_Append]]:
-        """The queued appends of distinct streams, grouped by what one call needs alike (cache length, new steps,
-        the shapes of encoder outputs, the start position where the graph takes one); the rest stay."""
-        taken: Dict[Tuple, List[_Append]] = {}
-        seen: set = set()
-        keep: "collections.deque[_Append]" = collections.deque()
-        while self._queue:
-            r = self._queue.popleft()
-            s = r.stream
-            if s._closed:
-                s._pending -= 1
-                s._queued -= r.n
-                _resolve([(r, None, self._gone(s))])
-                continue
-            if s.id in seen:
-                keep.append(r)  # a later append of a stream already in this round: next round, in order
-                continue
-            seen.add(s.id)
-            position = s.observed if self._stream_graph.position else 0  # one start position per call
-            taken.setdefault((s.length, r.n, s._static_key, position), []).append(r)
-        self._queue = keep
-        return list(taken.values())
-
-    def _gone(self, s: Stream) -> Exception:
-        reason = self._evicted.get(s.id)
-        if reason is not None:
-            return StreamEvicted(f"stream {s.id!r} was evicted ({reason}) before its append ran")
-        return UnknownStream(f"stream {s.id!r} was closed before its append ran")
 
     def _empty_cache(self, rows: int) -> List[Any]:
         import onnxruntime as ort
@@ -879,50 +529,47 @@ class Runtime:
         return group, own[0] if len(group) == 1 else self._cacheops.gather(own)
 
     def _step(self, group: List[_Append]) -> None:
-        """One model call for ``group`` (same cache length, same number of new steps), caches kept on device."""
-        import onnxruntime as ort
-
+        """One model call for ``group`` (same cache length, same number of new steps; a long append in chunks),
+        caches kept on device."""
         sg = self._stream_graph
         with self._lock:  # streams closed since they were taken leave the step; the others' blocks are read here
             gone = [(r, None, self._gone(r.stream)) for r in group if r.stream._closed]
+            # an offset is checked here, after every append queued before it ran: applied at most once
+            gone += [(r, None, self._offset_mismatch(r.stream, r.offset)) for r in group
+                     if not r.stream._closed and r.offset is not None and r.offset != r.stream.observed]
+            self._counters["rejected_offset"] += sum(isinstance(e, OffsetMismatch) for _, _, e in gone)
             for r, _, _ in gone:
                 r.stream._pending -= 1
                 r.stream._queued -= r.n
-            group = [r for r in group if not r.stream._closed]
+            group = [r for r in group if not r.stream._closed and (r.offset is None or r.offset == r.stream.observed)]
             blocks = [r.stream._block for r in group]
         if gone:
             _resolve(gone)
         if not group:
             return
-        tensors = sg.cache.cache_tensors()
         try:
             group, past = self._past(group, blocks)
             rows = [r.stream.rows for r in group]
-            session = self.sessions[sg.graph.name]
-            io = session.io_binding()
-            dev, dev_id = self._device_type, self.placement.device_id
-            for spec, _ in sg.inputs:
-                data = group[0].inputs[spec.name] if len(group) == 1 else \
-                    np.concatenate([r.inputs[spec.name] for r in group], axis=0)
-                io.bind_ortvalue_input(spec.name, ort.OrtValue.ortvalue_from_numpy(data, dev, dev_id))
-            if sg.position is not None:  # the absolute position of the first new step (alike in the group)
-                io.bind_cpu_input(sg.position, np.asarray(group[0].stream.observed, dtype=np.int64))
-            if sg.statics:
-                statics = group[0].stream._statics if len(group) == 1 else \
+            total = sum(rows)
+            inputs = {spec.name: (group[0].inputs[spec.name] if len(group) == 1 else
+                                  np.concatenate([r.inputs[spec.name] for r in group], axis=0), axis)
+                      for spec, axis in sg.inputs}
+            statics = {}
+            if sg.statics:  # an encoder-decoder's encoder outputs, the streams' own, gathered on the device
+                values = group[0].stream._statics if len(group) == 1 else \
                     self._staticops.gather([r.stream._statics for r in group])
-                for name, value in zip(sg.statics, statics):
-                    io.bind_ortvalue_input(name, value)
-            for name, value in zip(sg.cache.past_names(), past):
-                io.bind_ortvalue_input(name, value)
-            for spec, _ in sg.outputs:  # step outputs go to the host; the caches stay on the device
-                io.bind_output(spec.name, "cpu")
-            for name in sg.cache.present_names():
-                io.bind_output(name, dev, dev_id)
-            session.run_with_iobinding(io)
-            out = io.get_outputs()
-            k = len(sg.outputs)
-            results_host = [v.numpy() for v in out[:k]]
-            block = _Block(list(out[k : k + len(tensors)]), [r.stream for r in group])
+                statics = dict(zip(sg.statics, values))
+            position = None if sg.position is None else (sg.position, group[0].stream.observed)
+            # a long append runs in chunks (bounded memory), each chunk's presents the next one's past
+            out_axes = {spec.name: axis for spec, axis in sg.outputs}
+            outs, presents = run_cached(self.sessions[sg.graph.name], inputs, past, sg.cache.past_names(),
+                                        sg.cache.present_names(), list(out_axes), self._device_type,
+                                        self.placement.device_id, limits.chunk_length(total, group[0].n),
+                                        fixed=statics, position=position)
+            steps = joined(outs, out_axes)
+            results_host = [steps[spec.name] for spec, _ in sg.outputs]
+            finite = finite_rows(results_host, total)  # every new position's output
+            block = _Block(presents, [r.stream for r in group])
             length = int(block.tensors[0].shape()[2])
         except Exception as exc:  # a failed step fails its appends, not the worker
             log.exception("step of %d stream(s) failed", len(group))
@@ -946,7 +593,14 @@ class Runtime:
                 s._pending -= 1
                 s._queued -= r.n
                 pieces = [a[start : start + n_rows] for a in results_host]
+                ok = bool(finite[start : start + n_rows].all())
                 start += n_rows
+                if not ok:  # the stream keeps its cache as it was: a NaN would stay in it for ever
+                    self._counters["rejected_nonfinite"] += 1
+                    results.append((r, None, NonFiniteOutput(
+                        f"the model's output for these {r.n} step(s) is not finite (NaN or Inf: a value too large "
+                        f"for the model?); stream {s.id!r} is left as it was (observed {s.observed})")))
+                    continue
                 outputs = {spec.name: np.array(p[0] if n_rows == 1 else p) for (spec, _), p in zip(sg.outputs, pieces)}
                 last = np.take(pieces[0], -1, axis=primary_axis)  # (rows, *out) after the last new step
                 forecast = np.array(last[0] if n_rows == 1 else np.moveaxis(last, 0, -1))
@@ -963,47 +617,14 @@ class Runtime:
         _resolve(results)
 
 
-def _settle(future, result: Any = None, error: Optional[BaseException] = None) -> None:
-    """Resolve a future unless its caller gave up on it (cancelled, e.g. an HTTP append that timed out: the step
-    still happened)."""
-    if future.done():
-        return
-    try:
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-    except (concurrent.futures.InvalidStateError, RuntimeError):  # cancelled meanwhile
-        pass
-
-
-def _settle_all(outcomes: List[Tuple[Any, Any, Optional[BaseException]]]) -> None:
-    for future, result, error in outcomes:
-        _settle(future, result, error)
-
-
-def _resolve(outcomes: List[Tuple[_Append, Any, Optional[BaseException]]]) -> None:
-    """Resolve appends: concurrent futures here, asyncio futures on their loop, one wake-up per loop."""
-    by_loop: Dict[Any, List] = {}
-    for r, result, error in outcomes:
-        if r.loop is None:
-            _settle(r.future, result, error)
-        else:
-            by_loop.setdefault(r.loop, []).append((r.future, result, error))
-    for loop, items in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_settle_all, items)
-        except RuntimeError:  # the loop is closed: nobody waits any more
-            pass
-
-
 def load(export_dir: Union[str, Path], device: str = "auto", *, verify: bool = True, **options: Any) -> Runtime:
     """Read and verify an export (manifest schema, every file's size and sha256, parity rows all ok) and open its
     sessions on ``device`` ("auto", "cpu", "cuda", "cuda:N"). ``options``: ``Runtime``'s keyword arguments
     (threads, max_streams, max_cache_bytes, idle_ttl_s, batch_window_ms, max_batch, max_pending, max_append,
     max_predict_values, clock).
 
-    Raises ``ManifestError`` (missing, malformed, tampered or truncated files, failed parity), ``DeviceUnavailable``
+    Raises ``ManifestError`` (missing, malformed, tampered or truncated files, failed parity, a file that is not a
+    valid ONNX graph, a manifest that disagrees with its graph: ``tsattn.runtime.validate``), ``DeviceUnavailable``
     (``device`` names CUDA and no usable GPU), ``ValueError`` (a bad option).
     """
     manifest = load_manifest(export_dir, verify=verify)

@@ -49,6 +49,26 @@ class CacheFull(ServingError):
     status = 409
 
 
+class OffsetMismatch(ServingError):
+    """An append's ``offset`` (the number of values the client expects the stream to hold before its values) is
+    not the stream's ``observed`` count: nothing was applied. ``observed`` and ``length`` are the stream's now (a
+    retried append that was already applied gets this, so a retry is applied at most once)."""
+
+    status = 409
+
+    def __init__(self, message: str, observed: int, length: int) -> None:
+        super().__init__(message)
+        self.observed = observed
+        self.length = length
+
+
+class NonFiniteOutput(InputError):
+    """The model's output for these inputs is not finite (NaN or Inf, e.g. a value near float32's maximum that
+    overflows inside the graph); a stream's cache is left as it was before the append."""
+
+    status = 422
+
+
 class CapacityError(ServingError):
     """The runtime cannot take this now; try again after ``retry_after`` seconds."""
 
@@ -71,5 +91,5 @@ class TooManyStreams(CapacityError):
     status = 429
 
 
-__all__ = ["CacheFull", "CapacityError", "InputError", "NotSupported", "Overloaded", "ServingError", "StreamEvicted",
-           "TooManyStreams", "TooManyValues", "UnknownStream"]
+__all__ = ["CacheFull", "CapacityError", "InputError", "NonFiniteOutput", "NotSupported", "OffsetMismatch",
+           "Overloaded", "ServingError", "StreamEvicted", "TooManyStreams", "TooManyValues", "UnknownStream"]

@@ -5,21 +5,30 @@
     POST   /v1/models/{name}/predict         {"inputs": {input: nested list}} -> {"outputs": {output: nested list}}
     POST   /v1/streams                       {"channels": C, "inputs": {...}} (both optional; inputs: an encoder-
                                              decoder's encoder inputs) -> 201 {"id", "horizon", "max_context", ...}
-    POST   /v1/streams/{id}/observations     {"inputs": {name: nested list}} -> {"outputs": {name: nested list},
-                                             "length", "observed"}: every step output for the new steps, any
-                                             cached export; or {"values": [v, ...] or [[v_c, ...], ...]} ->
-                                             {"forecast", "length", ...}: the primary output after the last step
+    POST   /v1/streams/{id}/observations     {"inputs": {name: nested list}, "offset": n (optional)} ->
+                                             {"outputs": {name: nested list}, "length", "observed"}: every step
+                                             output for the new steps, any cached export; or {"values": [v, ...] or
+                                             [[v_c, ...], ...], "offset": n} -> {"forecast", "length", "observed"}:
+                                             the primary output after the last step
+    GET    /v1/streams/{id}                  {"id", "model", "channels", "length", "observed", "pending", "created",
+                                              "last_used", "age_s", "idle_s"}
     DELETE /v1/streams/{id}                  204
     GET    /metrics                          Prometheus text: requests, latency, streams, cache bytes, evictions
     GET    /openapi.json                     the OpenAPI 3.1 schema (request and response bodies from pydantic models)
 
-Errors are JSON ``{"error": message, "type": kind, "status": code}``; bad input is never a 5xx: malformed JSON
-400; a body that is not the documented object, or wrong shapes, dtypes, NaN/Inf 422; too many values or a body over
-the size limit 413; an unknown stream 404 (410 once evicted, naming why); an unknown model 404; an append that would
-pass a non-sliding cache's capacity 409 (naming it; the stream is unchanged); over capacity 503
-(queue full, an append that timed out, predicts busy) or 429 (max_streams, all busy), both with ``Retry-After``; a
-missing or wrong bearer token 401. With a token (``create_app(token=...)``, ``tsattn-serve --token`` or the
-``TSATTN_SERVE_TOKEN`` environment variable), every path but /healthz needs ``Authorization: Bearer <token>``.
+Errors are JSON ``{"error": message, "type": kind, "status": code}`` (``ERRORS`` lists every status and its
+causes); bad input is never a 5xx: malformed JSON, nesting deeper than 32 levels or a number of more than 64
+characters (checked before parsing, ``tsattn.runtime.limits``) 400; a body that is not the documented object, wrong
+shapes, dtypes, NaN/Inf, values outside float32, or inputs whose output would not be finite (the stream is left as
+it was) 422; too many values or a body over the size limit 413 (naming the limit); a body that does not arrive
+within ``body_timeout_s`` 408; an append whose ``offset`` is not the stream's ``observed`` 409 (with ``observed``
+and ``length``: nothing applied, so a retried append is applied once), or that would pass the capacity of a
+cache that does not slide 409 (``cache_full``, naming it; the stream is unchanged); an unknown stream 404 (410 once evicted,
+naming why); an unknown model 404; over capacity 503 (queue full, an append that timed out, predicts busy) or 429
+(max_streams, all busy), both with ``Retry-After``; a missing or wrong bearer token 401. Responses never contain NaN
+or Infinity. With a token (``create_app(token=...)``, ``tsattn-serve --token`` or the ``TSATTN_SERVE_TOKEN``
+environment variable), every path but /healthz needs ``Authorization: Bearer <token>``. Request heads (431, 408)
+and malformed HTTP (400) are answered in JSON by ``tsattn.runtime.protocol`` before the app sees them.
 
 Starlette rather than FastAPI: the handlers parse their bodies themselves (so that malformed JSON is a 400 that says
 where, and the array checks run once, in the runtime), and FastAPI's per-request machinery measured a third of the
@@ -45,12 +54,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tsattn.runtime import limits
 from tsattn.runtime.engine import Runtime
-from tsattn.runtime.errors import CapacityError, Overloaded, ServingError
+from tsattn.runtime.errors import CapacityError, OffsetMismatch, Overloaded, ServingError
 
 log = logging.getLogger("tsattn.runtime.server")
 
 DEFAULT_MAX_BODY = 1 << 20
+DEFAULT_BODY_TIMEOUT_S = 30.0
 OPEN_PATHS = ("/healthz", "/v2/health/live", "/v2/health/ready")  # liveness and readiness (tsattn.runtime.oip)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 JSON = "application/json"
@@ -97,6 +108,9 @@ def _schemas() -> Dict[str, Any]:
             ..., description="new observations, oldest first: one number, a list of n numbers (one channel), or n "
                              "lists of C numbers (C channels); finite; at most max_append per request. For an "
                              "export with one step input whose time axis follows the batch (the reference model)")
+        offset: Optional[int] = Field(None, ge=0, description="the number of steps the client expects the stream "
+                                                              "to have observed before these; a mismatch is 409 "
+                                                              "and applies nothing (retries are applied once)")
 
     class InputsObservations(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -104,6 +118,9 @@ def _schemas() -> Dict[str, Any]:
             ..., description="the task's step inputs by name (GET /v1/models: stream.inputs), each a nested list "
                              "in the graph's layout without the batch axis (a leading axis of C rows for a "
                              "C-channel stream), time on the declared axis, one or many steps")
+        offset: Optional[int] = Field(None, ge=0, description="the number of steps the client expects the stream "
+                                                              "to have observed before these; a mismatch is 409 "
+                                                              "and applies nothing (retries are applied once)")
 
     class PredictRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -123,6 +140,18 @@ def _schemas() -> Dict[str, Any]:
                                                          "graph's layout without the batch axis")
         length: int = Field(..., description="positions in the stream's cache")
         observed: int = Field(..., description="steps appended to the stream in all")
+
+    class StreamState(BaseModel):
+        id: str
+        model: str
+        channels: int
+        length: int = Field(..., description="positions in the stream's cache (at most max_context)")
+        observed: int = Field(..., description="observations appended in all: the offset of the next append")
+        pending: int = Field(..., description="appends queued or running")
+        created: str
+        last_used: str
+        age_s: float
+        idle_s: float
 
     class ForecastResponse(BaseModel):
         id: str
@@ -147,17 +176,25 @@ def _schemas() -> Dict[str, Any]:
         error: str = Field(..., description="what is wrong, naming the field, value or limit")
         type: str
         status: int
+        observed: Optional[int] = Field(None, description="409 only: the stream's observed count")
+        length: Optional[int] = Field(None, description="409 only: the stream's cache length")
 
     return {m.__name__: m.model_json_schema(ref_template="#/components/schemas/{model}")
             for m in (OpenStreamRequest, ValuesObservations, InputsObservations, PredictRequest, StreamInfo,
-                      ForecastResponse, OutputsResponse, PredictResponse, ModelsResponse, Health, ErrorResponse)}
+                      StreamState, ForecastResponse, OutputsResponse, PredictResponse, ModelsResponse, Health,
+                      ErrorResponse)}
 
 
-ERRORS = {400: "malformed JSON", 401: "missing or wrong bearer token", 404: "unknown stream or model",
-          409: "the append would pass the capacity of a cache that does not slide; the stream is unchanged",
-          410: "stream evicted", 413: "too many values or body too large",
-          422: "wrong shape, dtype, NaN/Inf, or not the documented object",
-          429: "max_streams reached, all streams busy (Retry-After)", 503: "over capacity (Retry-After)"}
+ERRORS = {400: "malformed JSON or HTTP; JSON nested deeper than 32 levels or a number longer than 64 characters",
+          401: "missing or wrong bearer token", 404: "unknown stream, model or path", 405: "method not allowed",
+          408: "the request body (or head) did not arrive in time", 409: "offset differs from the stream's observed "
+          "count, or the append would pass the capacity of a cache that does not slide (cache_full): nothing "
+          "applied", 410: "stream evicted",
+          413: "too many values (max_append, max_predict_values, max_channels) or body too large (max_body_bytes)",
+          422: "wrong shape or dtype, NaN/Inf, outside float32, an output that would not be finite, or not the "
+               "documented object", 429: "max_streams reached, all streams busy (Retry-After)",
+          431: "request head too large", 500: "internal error (a bug: JSON body, logged)",
+          503: "over capacity: queue full, append not run in time, predicts busy, shutting down (Retry-After)"}
 
 
 def openapi(title: str, version: str, description: str) -> Dict[str, Any]:
@@ -197,15 +234,17 @@ def openapi(title: str, version: str, description: str) -> Dict[str, Any]:
         "/v1/models": {"get": op("The served export: task, graphs, cache, device, limits", "models", 200,
                                  "ModelsResponse", common)},
         "/v1/models/{name}/predict": {"post": op("Stateless forward (caches empty)", "models", 200, "PredictResponse",
-                                                 (400, 401, 404, 413, 422, 503), "PredictRequest", ("name",))},
+                                                 (400, 401, 404, 408, 413, 422, 503), "PredictRequest", ("name",))},
         "/v1/streams": {"post": op("Open a stream (an encoder-decoder's with its encoder inputs)", "streams", 201,
                                    "StreamInfo", (400, 401, 413, 422, 429), "OpenStreamRequest")},
         "/v1/streams/{stream_id}/observations": {"post": op(
             "Append steps: {inputs} answers every step output for the new steps, {values} the primary output after "
             "the last one", "streams", 200, "OutputsResponse|ForecastResponse",
-            (400, 401, 404, 409, 410, 413, 422, 503), "InputsObservations|ValuesObservations", ("stream_id",))},
+            (400, 401, 404, 408, 409, 410, 413, 422, 503), "InputsObservations|ValuesObservations", ("stream_id",))},
         "/v1/streams/{stream_id}": {"delete": op("Close a stream", "streams", 204, None, (401, 404, 410),
-                                                 params=("stream_id",))},
+                                                 params=("stream_id",)),
+                                    "get": op("A stream's length, observed count (the next offset), times", "streams",
+                                              200, "StreamState", (401, 404, 410), params=("stream_id",))},
         "/metrics": {"get": op("Prometheus metrics (text format)", "service", 200, None, common,
                                ok_type="text/plain")},
     }
@@ -242,7 +281,11 @@ class _RuntimeCollector:
         for key, help_text in (("model_calls", "Streaming model calls (a batched step is one call)"),
                                ("appends", "Appends stepped"),
                                ("batched_appends", "Appends stepped in a batch of two or more streams"),
-                               ("predict_calls", "Stateless predict calls")):
+                               ("predict_calls", "Stateless predict calls"),
+                               ("rejected_offset", "Appends refused because their offset was not the stream's "
+                                                   "observed count (409)"),
+                               ("rejected_nonfinite", "Appends refused because the model's output would not be "
+                                                      "finite (422)")):
             yield CounterMetricFamily(f"tsattn_{key}", help_text, value=stats.get(key, 0))
 
 
@@ -279,14 +322,17 @@ class Metrics:
 
 
 class Gate:
-    """ASGI middleware in front of the app: metrics (every request, rejected ones too), the bearer token, and the
-    request body size limit (Content-Length checked up front, streamed bodies counted)."""
+    """ASGI middleware in front of the app: metrics (every request, rejected ones too), the bearer token, the
+    request body size limit (Content-Length checked up front, streamed bodies counted) and the body read timeout
+    (each part of the body must arrive within ``body_timeout_s``: 408)."""
 
-    def __init__(self, app, metrics: Metrics, token: Optional[str], max_body_bytes: int) -> None:
+    def __init__(self, app, metrics: Metrics, token: Optional[str], max_body_bytes: int,
+                 body_timeout_s: Optional[float] = DEFAULT_BODY_TIMEOUT_S) -> None:
         self.app = app
         self.metrics = metrics
         self.token = token.encode() if token else None
         self.max_body_bytes = max_body_bytes
+        self.body_timeout_s = body_timeout_s
 
     async def _reply(self, send, status: int, message: str, kind: str, headers=()) -> None:
         body = _error_body(status, message, kind)
@@ -326,17 +372,29 @@ class Gate:
                     return
                 if declared > self.max_body_bytes:
                     await self._reply(send_status, 413, f"request body of {declared} bytes exceeds the limit of "
-                                                        f"{self.max_body_bytes} bytes", "body_too_large")
+                                                        f"{self.max_body_bytes} bytes (max_body_bytes)",
+                                      "body_too_large", [(b"connection", b"close")])
                     return
             received = [0]
+            more = [True]
             limit = self.max_body_bytes
+            timeout = self.body_timeout_s
 
             async def counted_receive():
-                message = await receive()
+                if more[0] and timeout:
+                    try:
+                        message = await _within(receive(), timeout)
+                    except asyncio.TimeoutError:
+                        raise HttpError(408, f"the request body did not arrive within {timeout:g} s "
+                                             f"(body_timeout_s)", "body_timeout", {"Connection": "close"}) from None
+                else:
+                    message = await receive()
                 if message["type"] == "http.request":
+                    more[0] = message.get("more_body", False)
                     received[0] += len(message.get("body", b""))
                     if received[0] > limit:
-                        raise HttpError(413, f"request body exceeds the limit of {limit} bytes", "body_too_large")
+                        raise HttpError(413, f"request body exceeds the limit of {limit} bytes (max_body_bytes)",
+                                        "body_too_large", {"Connection": "close"})
                 return message
 
             await self.app(scope, counted_receive, send_status)
@@ -365,11 +423,12 @@ def _floats(array) -> Any:
 
 def create_app(runtime: Runtime, *, token: Optional[str] = None, max_body_bytes: int = DEFAULT_MAX_BODY,
                append_timeout_s: float = 30.0, max_concurrent_predicts: int = 2,
-               sweep_interval_s: float = 30.0) -> Starlette:
+               sweep_interval_s: float = 30.0, body_timeout_s: Optional[float] = DEFAULT_BODY_TIMEOUT_S) -> Starlette:
     """The app serving ``runtime`` (see the module docstring). ``token``: bearer token required on every path but
     /healthz (None: open). ``max_body_bytes``: request body limit (413). ``append_timeout_s``: an append that has
     not run by then answers 503 (it may still be applied). ``max_concurrent_predicts``: predicts run in threads, at
     most this many at once (503 beyond). ``sweep_interval_s``: how often idle streams are evicted without traffic.
+    ``body_timeout_s``: a request body (each part of it) not received within that many seconds answers 408.
     ``app.state.runtime`` and ``app.state.metrics`` hold the runtime and the Prometheus registry."""
     if max_body_bytes < 1:
         raise ValueError(f"max_body_bytes must be positive; got {max_body_bytes}")
@@ -389,12 +448,16 @@ def create_app(runtime: Runtime, *, token: Optional[str] = None, max_body_bytes:
                 raise HttpError(422, "empty body: expected a JSON object", "invalid_request")
             return {}
         try:
-            data = json.loads(raw)
+            data = limits.loads(raw)  # depth and number size checked before parsing
+        except limits.JsonRefused as exc:
+            raise HttpError(exc.status, str(exc), exc.kind) from None
         except UnicodeDecodeError:
             raise HttpError(400, "malformed JSON: the body is not UTF-8", "malformed_json") from None
         except json.JSONDecodeError as exc:
             raise HttpError(400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
                             "malformed_json") from None
+        except (RecursionError, ValueError) as exc:  # not reached past check_json; never a 500
+            raise HttpError(400, f"malformed JSON: {type(exc).__name__}", "malformed_json") from None
         if not isinstance(data, dict):
             raise HttpError(422, f"expected a JSON object, got {type(data).__name__}", "invalid_request")
         return data
@@ -408,7 +471,12 @@ def create_app(runtime: Runtime, *, token: Optional[str] = None, max_body_bytes:
             raise HttpError(422, f"missing field(s) {missing}", "invalid_request")
 
     def ok(body: Any, status: int = 200) -> Response:
-        return Response(json.dumps(body), status_code=status, media_type=JSON)
+        try:
+            text = limits.dumps(body)  # never NaN or Infinity (the runtime refuses them before; this is the net)
+        except ValueError:
+            raise HttpError(422, "the answer would contain NaN or Infinity, which JSON cannot carry",
+                            "non_finite_output") from None
+        return Response(text, status_code=status, media_type=JSON)
 
     def stream_contract() -> Optional[Dict[str, Any]]:
         """What a stream takes and answers: step inputs and outputs without the batch axis, time axes counted
@@ -446,7 +514,11 @@ def create_app(runtime: Runtime, *, token: Optional[str] = None, max_body_bytes:
             "limits": {"max_streams": runtime.max_streams, "max_cache_bytes": runtime.max_cache_bytes,
                        "idle_ttl_s": runtime.idle_ttl_s, "max_append": runtime.max_append,
                        "max_predict_values": runtime.max_predict_values, "max_batch": runtime.max_batch,
-                       "batch_window_ms": runtime.batch_window_s * 1e3, "max_body_bytes": max_body_bytes},
+                       "batch_window_ms": runtime.batch_window_s * 1e3, "max_body_bytes": max_body_bytes,
+                       "max_channels": limits.MAX_CHANNELS, "max_json_depth": limits.MAX_JSON_DEPTH,
+                       "max_number_chars": limits.MAX_NUMBER_CHARS, "prefill_chunk": limits.PREFILL_CHUNK,
+                       "call_positions": limits.CALL_POSITIONS, "body_timeout_s": body_timeout_s,
+                       "append_timeout_s": append_timeout_s},
         }
 
     async def healthz(request: Request) -> Response:
@@ -487,8 +559,8 @@ def create_app(runtime: Runtime, *, token: Optional[str] = None, max_body_bytes:
     async def observations(request: Request) -> Response:
         stream_id = request.path_params["stream_id"]
         data = await json_body(request, required=True)
-        fields(data, ("values", "inputs"))
-        if len(data) != 1:
+        fields(data, ("values", "inputs", "offset"))
+        if ("inputs" in data) == ("values" in data):
             raise HttpError(422, "expected exactly one of 'inputs' (step inputs by name) or 'values'",
                             "invalid_request")
         if "inputs" in data and not isinstance(data["inputs"], dict):
@@ -496,12 +568,18 @@ def create_app(runtime: Runtime, *, token: Optional[str] = None, max_body_bytes:
         if isinstance(data.get("values"), dict):
             raise HttpError(422, "values: expected numbers (a number or nested lists), got an object; step inputs "
                                  "by name go in 'inputs'", "invalid_request")
-        future = runtime.append_async(stream_id, data.get("inputs", data.get("values")))
+        offset = data.get("offset")
+        if offset is not None and (isinstance(offset, bool) or not isinstance(offset, int) or offset < 0):
+            raise HttpError(422, f"offset: expected an integer >= 0 (the stream's observed count before these "
+                                 f"steps), got {json.dumps(offset)}", "invalid_request")
+        future = runtime.append_async(stream_id, data["inputs"] if "inputs" in data else data["values"],
+                                      offset=offset)
         try:
             result = await _within(future, append_timeout_s)
         except asyncio.TimeoutError:
-            raise Overloaded(f"the append did not run within {append_timeout_s:g} s; it may still be applied "
-                             f"(check 'observed' on the next append)", retry_after=1.0) from None
+            raise Overloaded(f"the append did not run within {append_timeout_s:g} s; it may still be applied: "
+                             f"retry with the same 'offset' (applied at most once), or GET /v1/streams/{stream_id} "
+                             f"for 'observed'", retry_after=1.0) from None
         if "inputs" in data:
             return ok({"id": stream_id, "outputs": {k: _floats(v) for k, v in result.outputs.items()},
                        "length": result.length, "observed": result.observed})
@@ -511,6 +589,9 @@ def create_app(runtime: Runtime, *, token: Optional[str] = None, max_body_bytes:
     async def close_stream(request: Request) -> Response:
         runtime.close(request.path_params["stream_id"])
         return Response(status_code=204)
+
+    async def stream_state(request: Request) -> Response:
+        return ok(runtime.stream_info(request.path_params["stream_id"]))
 
     async def prometheus(request: Request) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST
@@ -528,10 +609,18 @@ def create_app(runtime: Runtime, *, token: Optional[str] = None, max_body_bytes:
         if isinstance(exc, CapacityError):
             headers = {"Retry-After": str(max(1, math.ceil(exc.retry_after or 1)))}
         kind = "".join("_" + c.lower() if c.isupper() else c for c in type(exc).__name__).lstrip("_")
+        if isinstance(exc, OffsetMismatch):  # the stream's state, so that the client can resume without a GET
+            body = {"error": str(exc), "type": kind, "status": exc.status, "observed": exc.observed,
+                    "length": exc.length}
+            return Response(json.dumps(body), status_code=exc.status, media_type=JSON)
         return _error(exc.status, str(exc), kind, headers)
 
     async def on_starlette_error(request: Request, exc: StarletteHTTPException) -> Response:
         return _error(exc.status_code, str(exc.detail), "http", getattr(exc, "headers", None))
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:  # a bug: still JSON, never a traceback
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+        return _error(500, f"internal error ({type(exc).__name__}); the server log has the details", "internal")
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -554,6 +643,7 @@ def create_app(runtime: Runtime, *, token: Optional[str] = None, max_body_bytes:
         Route("/v1/streams", open_stream, methods=["POST"]),
         Route("/v1/streams/{stream_id}/observations", observations, methods=["POST"]),
         Route("/v1/streams/{stream_id}", close_stream, methods=["DELETE"]),
+        Route("/v1/streams/{stream_id}", stream_state, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
@@ -565,11 +655,12 @@ def create_app(runtime: Runtime, *, token: Optional[str] = None, max_body_bytes:
     schema["paths"].update(oip.openapi_paths())
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HttpError: on_http_error, ServingError: on_serving_error,
-                                        StarletteHTTPException: on_starlette_error})
+                                        StarletteHTTPException: on_starlette_error, Exception: on_unexpected})
     app.state.runtime = runtime
     app.state.metrics = metrics
     app.state.oip = v2.service  # the Open Inference Protocol service, for tsattn.runtime.oip_grpc
-    app.add_middleware(Gate, metrics=metrics, token=token, max_body_bytes=max_body_bytes)
+    app.add_middleware(Gate, metrics=metrics, token=token, max_body_bytes=max_body_bytes,
+                       body_timeout_s=body_timeout_s)
     return app
 
 
