@@ -191,6 +191,8 @@ def test_every_bad_request_is_a_v2_json_4xx(app_client):
     url = "/v2/models/reference/infer"
     good = {"name": "values", "shape": [1, 2], "datatype": "FP32", "data": [1.0, 2.0]}
     _v2_error(app_client.post(url, content=b"{not json"), 400, "malformed JSON")
+    _v2_error(app_client.post(url, content=b'{"inputs": ' + b"[" * 100 + b"]" * 100 + b"}"), 400, "deep")
+    _v2_error(app_client.post(url, content=b'{"inputs": [' + b"9" * 500 + b"]}"), 400, "characters")
     _v2_error(app_client.post(url, json=[1]), 422, "expected a JSON object")
     _v2_error(app_client.post(url, json={"inputs": []}), 422, "non-empty list")
     _v2_error(app_client.post(url, json={"inputs": [good], "bogus": 1}), 422, "unknown field(s) ['bogus']")

@@ -128,12 +128,18 @@ def parse_infer(raw: bytes, header_length: Optional[str]) -> InferRequest:
         head, binary = raw[:n], memoryview(raw)[n:]
     else:
         head, binary = raw, memoryview(b"")
+    from tsattn.runtime import limits
+
     try:
-        data = json.loads(head)
+        data = limits.loads(bytes(head))  # the /v1 API's limits: depth and number size checked before parsing
+    except limits.JsonRefused as exc:
+        raise OipError(exc.status, str(exc)) from None
     except UnicodeDecodeError:
         raise OipError(400, "malformed JSON: the request header is not UTF-8") from None
     except json.JSONDecodeError as exc:
         raise OipError(400, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except (RecursionError, ValueError) as exc:  # not reached past the limits' check; never a 500
+        raise OipError(400, f"malformed JSON: {type(exc).__name__}") from None
     if not isinstance(data, dict):
         raise OipError(422, f"expected a JSON object, got {type(data).__name__}")
     extra = sorted(set(data) - {"id", "parameters", "inputs", "outputs"})
