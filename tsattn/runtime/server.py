@@ -102,25 +102,23 @@ def _schemas() -> Dict[str, Any]:
                               "nested lists without the batch axis: the encoder runs once, its outputs feed every "
                               "step of the stream")
 
-    class ValuesObservations(BaseModel):
+    class Observations(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        values: Union[Number, List[Number], List[List[Number]]] = Field(
-            ..., description="new observations, oldest first: one number, a list of n numbers (one channel), or n "
-                             "lists of C numbers (C channels); finite; at most max_append per request. For an "
-                             "export with one step input whose time axis follows the batch (the reference model)")
         offset: Optional[int] = Field(None, ge=0, description="the number of steps the client expects the stream "
                                                               "to have observed before these; a mismatch is 409 "
                                                               "and applies nothing (retries are applied once)")
 
-    class InputsObservations(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+    class ValuesObservations(Observations):
+        values: Union[Number, List[Number], List[List[Number]]] = Field(
+            ..., description="new observations, oldest first: one number, a list of n numbers (one channel), or n "
+                             "lists of C numbers (C channels); finite; at most max_append per request. For an "
+                             "export with one step input whose time axis follows the batch (the reference model)")
+
+    class InputsObservations(Observations):
         inputs: Dict[str, Any] = Field(
             ..., description="the task's step inputs by name (GET /v1/models: stream.inputs), each a nested list "
                              "in the graph's layout without the batch axis (a leading axis of C rows for a "
                              "C-channel stream), time on the declared axis, one or many steps")
-        offset: Optional[int] = Field(None, ge=0, description="the number of steps the client expects the stream "
-                                                              "to have observed before these; a mismatch is 409 "
-                                                              "and applies nothing (retries are applied once)")
 
     class PredictRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
