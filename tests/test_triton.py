@@ -187,7 +187,8 @@ def drive_as_the_sequence_batcher(entry, runtime, inputs, corrid=5, source=None)
     names = [o.name for o in session.get_outputs()]
     sb = config.sequence_batching
     axes = {t.name: t.time_axis - 1 for t in runtime.manifest.task.inputs}
-    state = {s.input_name: np.zeros(list(s.initial_state[0].dims), np.float32) for s in sb.state}
+    state = {s.input_name: np.zeros(list(s.initial_state[0].dims), np.int64 if s.data_type == mc.TYPE_INT64
+                                    else np.float32) for s in sb.state}
     stream = runtime.open_stream() if source is None else runtime.open_stream(inputs=source)
     total = next(iter(inputs.values())).shape[axes[next(iter(inputs))]]
     start = 0
@@ -231,6 +232,8 @@ def target_exports(tmp_path_factory):
            formats=["onnx"])
     export(MODELS["encoder_decoder"].build({"embed_dim": 16, "ffn_latent_dim": 24}, None, 0), root / "ed",
            formats=["onnx"])
+    export(MODELS["autoregressive"].build({"embed_dim": 16, "ffn_latent_dim": 24, "max_context": 6}, None, 0),
+           root / "sliding", formats=["onnx"])  # a window of 6: the graph takes start_pos
     return root
 
 
@@ -253,7 +256,7 @@ def _sequence(manifest, total, seed):
     return out
 
 
-@pytest.mark.parametrize("name", ["heph", "wave", "ar", "ed"])
+@pytest.mark.parametrize("name", ["heph", "wave", "ar", "ed", "sliding"])
 def test_every_cached_export_gets_a_sequence_model_driven_like_the_runtimes_stream(target_exports, tmp_path, name):
     export_dir = target_exports / name
     entry = write_triton_repo(export_dir, tmp_path / "models")
@@ -262,7 +265,9 @@ def test_every_cached_export_gets_a_sequence_model_driven_like_the_runtimes_stre
     tensors = manifest.cache.cache_tensors()
     encoder = manifest.task.encoder
     cross = [] if encoder is None else [manifest.graphs["model"].input(dst) for _, dst in encoder.feeds]
-    assert len(config.sequence_batching.state) == len(tensors) + len(cross)
+    position = [] if manifest.task.position is None else ["past_position"]  # the step count, kept as a state
+    assert len(config.sequence_batching.state) == len(tensors) + len(cross) + len(position)
+    assert [s.input_name for s in config.sequence_batching.state][len(tensors) + len(cross):] == position
     for state, t in zip(config.sequence_batching.state, tensors):  # each state has its own tensor's shape
         assert list(state.dims) == [-1, t.heads, -1, t.dim] and list(state.initial_state[0].dims) == [1, t.heads, 1,
                                                                                                      t.dim]
@@ -277,11 +282,15 @@ def test_every_cached_export_gets_a_sequence_model_driven_like_the_runtimes_stre
         assert drive_as_the_sequence_batcher(entry, rt, _sequence(manifest, 19, seed=3), source=source) == 19
 
 
-def test_exports_triton_cannot_drive_are_refused_before_anything_is_written(tmp_path, capsys):
-    for model, extra, why in (("autoregressive", ["--max-context", "6"], "scalar position"),):
-        out = tmp_path / model
-        rc = cli.main(["--model", model, "--out", str(out), "--format", "onnx", "--set", "embed_dim=16",
-                       "--triton-repo", str(tmp_path / "tr"), *extra])
-        err = capsys.readouterr().err
-        assert rc == 2 and why in err and "nothing exported" in err
-        assert not out.exists() and not (tmp_path / "tr").exists()
+def test_an_export_triton_cannot_drive_is_refused_naming_why():
+    from tsattn.export.manifest import TensorSpec
+    from tsattn.export.task import StepTensor, Task
+    from tsattn.export.triton import unsupported
+
+    cache = CacheSpec(layers=1, kv_heads=2, head_dim=4, max_context=8)
+    task = Task("sequence", (StepTensor("x", 1),), (StepTensor("y", 1),))
+    inputs = [TensorSpec("x", "float32", ("batch", "seq", 3)), TensorSpec("temperature", "float32", ())]
+    assert "graph input 'temperature' is a scalar" in unsupported(task, cache, inputs + cache.past_specs())
+    assert unsupported(task, cache, inputs[:1] + cache.past_specs()) is None
+    positioned = Task("sequence", (StepTensor("x", 1),), (StepTensor("y", 1),), position="start_pos")
+    assert unsupported(positioned, cache, [inputs[0], TensorSpec("start_pos", "int64", ())]) is None

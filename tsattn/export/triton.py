@@ -9,8 +9,9 @@ tensor, each with its own heads and dim): the ``present.*`` outputs of one reque
 inputs of the sequence's next request, and the client sends only the new steps' inputs (the task's step inputs,
 e.g. the reference's ``values``, Hephaestus' ``numeric_inputs`` and ``categorical_inputs``) with a sequence id
 (``sequence_start`` on the first request, ``sequence_end`` on the last). An export whose graph needs more than
-request inputs and states is refused before anything is written (``unsupported``: a sliding graph's scalar start
-position). An encoder-decoder's encoder runs inside the wrapped graph when ``START`` is 1, on its own inputs
+request inputs and states is refused before anything is written (``unsupported``: e.g. a scalar input). A graph
+that takes its start position (``task.position``, a sliding seed 002 graph) gets one more state, the step count
+(``POSITION_STATE``), which the wrapped graph feeds it. An encoder-decoder's encoder runs inside the wrapped graph when ``START`` is 1, on its own inputs
 (``source``: request inputs of every request, read at the start only, so later requests may send one zero step),
 and the encoder outputs that feed the steps (the cross-attention keys and values) are states too
 (``cross_state_names``), kept for the sequence like the cache.
@@ -96,11 +97,7 @@ def unsupported(task: Task, cache: Optional[CacheSpec], inputs: Sequence[TensorS
     state). ``tsattn-export --triton-repo`` asks before exporting anything."""
     if cache is None:
         return None
-    if task.position is not None:
-        return (f"the graph takes {task.position!r}, a scalar position Triton would need from the client on every "
-                f"request (a shape-[] input, which the sequence batcher cannot batch); export it with "
-                f"expanding_context (no --max-context) or serve it with tsattn-serve")
-    past = set(cache.past_names())
+    past = set(cache.past_names()) | {task.position}
     for t in inputs:
         if t.name not in past and not t.shape:
             return f"graph input {t.name!r} is a scalar; Triton inputs need at least one dim"
@@ -151,14 +148,23 @@ def cross_state_names(feeds: Sequence[Tuple[str, str]]) -> List[Tuple[str, str]]
              f"cross_present.{k:0{width}d}.{dst.rsplit('.', 1)[-1]}") for k, (_, dst) in enumerate(feeds)]
 
 
-def sequence_model(model, cache: CacheSpec, batch_input: str, encoder=None, feeds: Sequence[Tuple[str, str]] = ()):
+POSITION_STATE = ("past_position", "present_position")
+"""The state a graph with a start position input (``task.position``) gets: the sequence's step count, INT64 [1];
+sorted, it comes after the cache's input and output states alike (``past_p`` > ``past_k``, ``present_`` >
+``present.``)."""
+
+
+def sequence_model(model, cache: CacheSpec, batch_input: str, encoder=None, feeds: Sequence[Tuple[str, str]] = (),
+                   position: Optional[Tuple[str, int]] = None):
     """The export's graph wrapped for Triton's sequence batcher (see the module docstring): state inputs/outputs
     renamed (``state_names``), the incoming cache replaced by an empty one when ``START`` is 1, the controls
     added as inputs. ``batch_input``: a graph input whose dim 0 is the batch (it sizes the empty cache).
 
     ``encoder`` (an encoder-decoder's encoder graph, a ``ModelProto``) and ``feeds`` (encoder output, step input):
     the step inputs the encoder feeds become states too (``cross_state_names``); when ``START`` is 1 the encoder
-    runs inside the wrapped graph on its own inputs (request inputs of every request, read at the start only)."""
+    runs inside the wrapped graph on its own inputs (request inputs of every request, read at the start only).
+    ``position`` (the graph's start-position input, the time axis of ``batch_input``): the position is a state
+    (``POSITION_STATE``), 0 at the start, advanced by each request's steps, and fed to that input."""
     import onnx
     from onnx import TensorProto, compose, helper
 
@@ -168,7 +174,7 @@ def sequence_model(model, cache: CacheSpec, batch_input: str, encoder=None, feed
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(cache.dtype))
     cross = [dst for _, dst in feeds]
     cross_pairs = cross_state_names(feeds)
-    _rename(graph, {n: INNER + n for n in past + present + cross})
+    _rename(graph, {n: INNER + n for n in past + present + cross + ([position[0]] if position else [])})
     kept_inputs = [vi for vi in graph.input if not vi.name.startswith(INNER)]
     kept_outputs = [vi for vi in graph.output if not vi.name.startswith(INNER)]
     cross_types = {vi.name[len(INNER):]: vi.type for vi in graph.input if vi.name[len(INNER):] in cross}
@@ -189,12 +195,16 @@ def sequence_model(model, cache: CacheSpec, batch_input: str, encoder=None, feed
         enc_nodes = list(enc.graph.node)
         for (p, _), c in zip(cross_pairs, cross):
             graph.input.append(onnx.ValueInfoProto(name=p, type=cross_types[c]))
+    if position is not None:
+        graph.input.append(helper.make_tensor_value_info(POSITION_STATE[0], TensorProto.INT64, [1]))
     graph.input.extend(helper.make_tensor_value_info(name, TensorProto.FLOAT, [1]) for name, _ in CONTROLS)
     graph.input.append(helper.make_tensor_value_info(CORRID, TensorProto.UINT64, [1]))
     graph.output.extend(kept_outputs)
     graph.output.extend(helper.make_tensor_value_info(q, elem, [cache.batch_dim, t.heads, cache.present_dim, t.dim])
                         for (_, q), t in zip(pairs, tensors))
     graph.output.extend(onnx.ValueInfoProto(name=q, type=cross_types[c]) for (_, q), c in zip(cross_pairs, cross))
+    if position is not None:
+        graph.output.append(helper.make_tensor_value_info(POSITION_STATE[1], TensorProto.INT64, [1]))
 
     # then: empty caches (batch, heads, 0, dim) of every tensor's own shape, the batch read from the data input
     then_nodes = [
@@ -239,6 +249,21 @@ def sequence_model(model, cache: CacheSpec, batch_input: str, encoder=None, feed
     ]
     epilogue = [helper.make_node("Identity", [INNER + q0], [q]) for q0, (_, q) in zip(present, pairs)]
     epilogue += [helper.make_node("Identity", [INNER + c], [q]) for c, (_, q) in zip(cross, cross_pairs)]
+    if position is not None:  # 0 at the start, else the state; the graph's scalar; the next = + this request's steps
+        name, axis = position
+        prologue += [
+            helper.make_node("Cast", ["tsattn/start_1"], ["tsattn/start_i"], to=TensorProto.INT64),
+            helper.make_node("Sub", ["tsattn/one", "tsattn/start_i"], ["tsattn/keep"]),
+            helper.make_node("Mul", [POSITION_STATE[0], "tsattn/keep"], ["tsattn/position"]),
+            helper.make_node("Squeeze", ["tsattn/position"], [INNER + name]),
+        ]
+        epilogue += [
+            helper.make_node("Shape", [batch_input], ["tsattn/step_shape"]),
+            helper.make_node("Gather", ["tsattn/step_shape", "tsattn/time_axis"], ["tsattn/steps"], axis=0),
+            helper.make_node("Add", ["tsattn/position", "tsattn/steps"], [POSITION_STATE[1]]),
+        ]
+        graph.initializer.extend([helper.make_tensor("tsattn/one", TensorProto.INT64, [1], [1]),
+                                  helper.make_tensor("tsattn/time_axis", TensorProto.INT64, [1], [axis])])
     nodes = prologue + list(graph.node) + epilogue
     del graph.node[:]
     graph.node.extend(nodes)
@@ -273,12 +298,13 @@ def _state(past: str, present: str, dtype: str, dims: Sequence, initial: Sequenc
 
 
 def sequence_config(name: str, graph: GraphSpec, cache: CacheSpec, instances: int, idle_s: float, header: str,
-                    encoder: Optional[GraphSpec] = None, feeds: Sequence[Tuple[str, str]] = ()) -> str:
+                    encoder: Optional[GraphSpec] = None, feeds: Sequence[Tuple[str, str]] = (),
+                    position: Optional[str] = None) -> str:
     """config.pbtxt text of a streaming export (see the module docstring); ``encoder``/``feeds``: an
     encoder-decoder's encoder graph, whose inputs are request inputs and whose fed outputs are states."""
     pairs = state_names(cache)
     cross = {dst for _, dst in feeds}
-    past = set(cache.past_names()) | cross
+    past = set(cache.past_names()) | cross | {position}
     present = set(cache.present_names())
     inputs = [t for t in graph.inputs if t.name not in past] + (list(encoder.inputs) if encoder else [])
     outputs = [t for t in graph.outputs if t.name not in present]
@@ -292,6 +318,8 @@ def sequence_config(name: str, graph: GraphSpec, cache: CacheSpec, instances: in
     for (p, q), (_, dst) in zip(cross_state_names(feeds), feeds):
         shape = graph.input(dst).shape  # (batch, heads, src_len, dim)
         states.append(_state(p, q, dtype, shape, [1] + [d if isinstance(d, int) else 1 for d in shape[1:]]))
+    if position is not None:
+        states.append(_state(*POSITION_STATE, "TYPE_INT64", [1], [1]))
     return (
         f"{header}"
         f'name: "{name}"\nbackend: "onnxruntime"\nmax_batch_size: 0\n'
@@ -354,7 +382,8 @@ def write_triton_repo(export: Union[str, os.PathLike, Manifest], repo: Union[str
         if problem:
             raise TritonRepoError(f"export {manifest.name!r} cannot be laid out for Triton: {problem}")
         feeds = manifest.task.encoder.feeds if manifest.task.encoder else ()
-        problem = state_names_safe(state_names(cache) + cross_state_names(feeds))
+        problem = state_names_safe(state_names(cache) + cross_state_names(feeds)
+                                   + ([POSITION_STATE] if manifest.task.position else []))
         if problem:
             raise TritonRepoError(f"cannot name the cache states safely for Triton: {problem}")
         fed = {dst for _, dst in feeds}
@@ -366,8 +395,15 @@ def write_triton_repo(export: Union[str, os.PathLike, Manifest], repo: Union[str
         if manifest.task.encoder is not None:  # the encoder runs inside the wrapped graph at a sequence's start
             encoder_spec = manifest.graphs[manifest.task.encoder.graph]
             encoder = onnx.load(str(manifest.graph_file(encoder_spec.name, "onnx")))
-        model = sequence_model(model, cache, batch_inputs[0], encoder, feeds)
-        config = sequence_config(name, graph, cache, instances, max_sequence_idle_s, header, encoder_spec, feeds)
+        task = manifest.task
+        position = None
+        if task.position is not None:  # the step count, a state the wrapped graph keeps and feeds
+            first = next(t for t in task.inputs if t.name == batch_inputs[0]) if batch_inputs[0] in \
+                task.input_names else task.inputs[0]
+            position = (task.position, first.time_axis)
+        model = sequence_model(model, cache, batch_inputs[0], encoder, feeds, position)
+        config = sequence_config(name, graph, cache, instances, max_sequence_idle_s, header, encoder_spec, feeds,
+                                 task.position)
     else:
         config = plain_config(name, graph, instances, max_batch_size, header)
     repo.mkdir(parents=True, exist_ok=True)
