@@ -8,6 +8,7 @@ presents fed back as pasts) and the TorchScript module; the runtime's stateless 
 
 from __future__ import annotations
 
+import re
 import types
 
 import numpy as np
@@ -205,6 +206,7 @@ def test_an_append_past_the_capacity_is_refused_and_leaves_the_stream_as_it_was(
         assert client.post(url, json={"inputs": {"token_ids": ids[:62].tolist()}}).status_code == 200
         r = client.post(url, json={"inputs": {"token_ids": ids[:3].tolist()}})
         assert r.status_code == 409 and r.json()["type"] == "cache_full" and "64 positions" in r.json()["error"]
+        assert re.search(r"^tsattn_rejected_cache_full_total 2\.0$", client.get("/metrics").text, re.M)
         r = client.post(url, json={"inputs": {"token_ids": ids[62:].tolist()}})
         assert r.status_code == 200 and r.json()["observed"] == 64
         np.testing.assert_allclose(np.asarray(r.json()["outputs"]["logits"]), want[62:], atol=1e-4, rtol=0)

@@ -283,7 +283,10 @@ class _RuntimeCollector:
                                ("rejected_offset", "Appends refused because their offset was not the stream's "
                                                    "observed count (409)"),
                                ("rejected_nonfinite", "Appends refused because the model's output would not be "
-                                                      "finite (422)")):
+                                                      "finite (422)"),
+                               ("rejected_cache_full", "Appends refused because they would pass the capacity of a "
+                                                       "cache that does not slide (409)"),
+                               ("encoder_calls", "Encoder runs of encoder-decoder streams (one per stream opened)")):
             yield CounterMetricFamily(f"tsattn_{key}", help_text, value=stats.get(key, 0))
 
 
