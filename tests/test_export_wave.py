@@ -173,6 +173,18 @@ def test_generate_feeds_its_samples_back_through_the_cache(exported):
         assert token in np.argsort(logits[len(prompt) - 1 + t])[-5:]
     with pytest.raises(rt.InputError, match="no token yet"):
         runtime.generate(runtime.open_stream(), 1)
+    from starlette.testclient import TestClient
+
+    from tsattn.runtime.server import create_app
+
+    with TestClient(create_app(runtime)) as client:  # POST /v1/streams/{id}/generate: the same tokens
+        stream = client.post("/v1/streams").json()["id"]
+        client.post(f"/v1/streams/{stream}/observations", json={"inputs": {"token_ids": prompt.tolist()}})
+        r = client.post(f"/v1/streams/{stream}/generate", json={"n": 6, "top_k": 5, "seed": 11})
+        assert r.status_code == 200 and r.json()["tokens"] == list(sampled[0]) and r.json()["observed"] == 9
+        r = client.post(f"/v1/streams/{stream}/generate", json={"n": 0})
+        assert r.status_code == 422 and "n: expected an integer from 1" in r.json()["error"]
+        assert "/v1/streams/{stream_id}/generate" in client.get("/openapi.json").json()["paths"]
     runtime.shutdown()
 
 
