@@ -8,6 +8,7 @@ presents fed back as pasts) and the TorchScript module; the runtime's stateless 
 
 from __future__ import annotations
 
+import re
 import types
 
 import numpy as np
@@ -172,6 +173,18 @@ def test_generate_feeds_its_samples_back_through_the_cache(exported):
         assert token in np.argsort(logits[len(prompt) - 1 + t])[-5:]
     with pytest.raises(rt.InputError, match="no token yet"):
         runtime.generate(runtime.open_stream(), 1)
+    from starlette.testclient import TestClient
+
+    from tsattn.runtime.server import create_app
+
+    with TestClient(create_app(runtime)) as client:  # POST /v1/streams/{id}/generate: the same tokens
+        stream = client.post("/v1/streams").json()["id"]
+        client.post(f"/v1/streams/{stream}/observations", json={"inputs": {"token_ids": prompt.tolist()}})
+        r = client.post(f"/v1/streams/{stream}/generate", json={"n": 6, "top_k": 5, "seed": 11})
+        assert r.status_code == 200 and r.json()["tokens"] == list(sampled[0]) and r.json()["observed"] == 9
+        r = client.post(f"/v1/streams/{stream}/generate", json={"n": 0})
+        assert r.status_code == 422 and "n: expected an integer from 1" in r.json()["error"]
+        assert "/v1/streams/{stream_id}/generate" in client.get("/openapi.json").json()["paths"]
     runtime.shutdown()
 
 
@@ -205,6 +218,7 @@ def test_an_append_past_the_capacity_is_refused_and_leaves_the_stream_as_it_was(
         assert client.post(url, json={"inputs": {"token_ids": ids[:62].tolist()}}).status_code == 200
         r = client.post(url, json={"inputs": {"token_ids": ids[:3].tolist()}})
         assert r.status_code == 409 and r.json()["type"] == "cache_full" and "64 positions" in r.json()["error"]
+        assert re.search(r"^tsattn_rejected_cache_full_total 2\.0$", client.get("/metrics").text, re.M)
         r = client.post(url, json={"inputs": {"token_ids": ids[62:].tolist()}})
         assert r.status_code == 200 and r.json()["observed"] == 64
         np.testing.assert_allclose(np.asarray(r.json()["outputs"]["logits"]), want[62:], atol=1e-4, rtol=0)

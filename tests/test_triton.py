@@ -174,24 +174,29 @@ def test_export_cli_triton_repo_flag(tmp_path, capsys):
 # ------------------------------------------------------------------------------- every cached export, not only ours
 
 
-def drive_as_the_sequence_batcher(entry, runtime, inputs, corrid=5) -> int:
+def drive_as_the_sequence_batcher(entry, runtime, inputs, corrid=5, source=None) -> int:
     """Run a Triton entry's wrapped graph as the sequence batcher does (START=1 with the zero initial state Triton
     hands a new sequence, each output state fed back as the next input state) on one sequence of named step
     inputs (no batch axis) in uneven chunks, against a runtime stream fed the same chunks: every output of every
-    chunk equals the stream's (<= 1e-5). Returns the steps fed."""
+    chunk equals the stream's (<= 1e-5). ``source``: an encoder-decoder's encoder inputs, sent with the START
+    request (the stream opens with them) and as one zero step afterwards (Triton needs every input each time).
+    Returns the steps fed."""
     config = text_format.Parse((entry / "config.pbtxt").read_text(), mc.ModelConfig())
     backend_checks(entry, config)
     session = ort.InferenceSession(str(entry / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     sb = config.sequence_batching
     axes = {t.name: t.time_axis - 1 for t in runtime.manifest.task.inputs}
-    state = {s.input_name: np.zeros(list(s.initial_state[0].dims), np.float32) for s in sb.state}
-    stream = runtime.open_stream()
+    state = {s.input_name: np.zeros(list(s.initial_state[0].dims), np.int64 if s.data_type == mc.TYPE_INT64
+                                    else np.float32) for s in sb.state}
+    stream = runtime.open_stream() if source is None else runtime.open_stream(inputs=source)
     total = next(iter(inputs.values())).shape[axes[next(iter(inputs))]]
     start = 0
     for n in chunk_sizes(total):
         chunk = {k: np.take(v, range(start, start + n), axis=axes[k]) for k, v in inputs.items()}
-        feed = {**{k: v[None] for k, v in chunk.items()}, "START": np.float32([start == 0]),
+        encoder = {} if source is None else {k: v[None] if start == 0 else np.zeros((1, 1) + v.shape[1:], v.dtype)
+                                             for k, v in source.items()}
+        feed = {**{k: v[None] for k, v in chunk.items()}, **encoder, "START": np.float32([start == 0]),
                 "END": np.float32([start + n == total]), "READY": np.float32([1]), "CORRID": np.uint64([corrid]),
                 **state}
         out = dict(zip(names, session.run(None, feed)))
@@ -225,6 +230,10 @@ def target_exports(tmp_path_factory):
     assert cli.main(["--target", str(wave), "--feature", "enhancements", "--out", str(root / "wave"), *common]) == 0
     export(MODELS["autoregressive"].build({"embed_dim": 16, "ffn_latent_dim": 24}, None, 0), root / "ar",
            formats=["onnx"])
+    export(MODELS["encoder_decoder"].build({"embed_dim": 16, "ffn_latent_dim": 24}, None, 0), root / "ed",
+           formats=["onnx"])
+    export(MODELS["autoregressive"].build({"embed_dim": 16, "ffn_latent_dim": 24, "max_context": 6}, None, 0),
+           root / "sliding", formats=["onnx"])  # a window of 6: the graph takes start_pos
     return root
 
 
@@ -247,28 +256,41 @@ def _sequence(manifest, total, seed):
     return out
 
 
-@pytest.mark.parametrize("name", ["heph", "wave", "ar"])
+@pytest.mark.parametrize("name", ["heph", "wave", "ar", "ed", "sliding"])
 def test_every_cached_export_gets_a_sequence_model_driven_like_the_runtimes_stream(target_exports, tmp_path, name):
     export_dir = target_exports / name
     entry = write_triton_repo(export_dir, tmp_path / "models")
     config = text_format.Parse((entry / "config.pbtxt").read_text(), mc.ModelConfig())
     manifest = load_manifest(export_dir)
     tensors = manifest.cache.cache_tensors()
-    assert len(config.sequence_batching.state) == len(tensors)
+    encoder = manifest.task.encoder
+    cross = [] if encoder is None else [manifest.graphs["model"].input(dst) for _, dst in encoder.feeds]
+    position = [] if manifest.task.position is None else ["past_position"]  # the step count, kept as a state
+    assert len(config.sequence_batching.state) == len(tensors) + len(cross) + len(position)
+    assert [s.input_name for s in config.sequence_batching.state][len(tensors) + len(cross):] == position
     for state, t in zip(config.sequence_batching.state, tensors):  # each state has its own tensor's shape
         assert list(state.dims) == [-1, t.heads, -1, t.dim] and list(state.initial_state[0].dims) == [1, t.heads, 1,
                                                                                                      t.dim]
-    assert [i.name for i in config.input] == list(manifest.task.input_names)
+    for state, t in zip(config.sequence_batching.state[len(tensors):], cross):  # the encoder's, kept as states
+        assert list(state.dims) == [-1, t.shape[1], -1, t.shape[3]] and state.input_name.startswith("cross_")
+    assert [i.name for i in config.input] == list(manifest.task.input_names) + (
+        [] if encoder is None else [t.name for t in encoder.inputs])
+    source = None
+    if encoder is not None:  # an encoder-decoder's stream opens with its source, here 7 steps
+        source = {"source": np.random.default_rng(4).normal(size=(7, 3)).astype(np.float32)}
     with load(export_dir, device="cpu") as rt:
-        assert drive_as_the_sequence_batcher(entry, rt, _sequence(manifest, 19, seed=3)) == 19
+        assert drive_as_the_sequence_batcher(entry, rt, _sequence(manifest, 19, seed=3), source=source) == 19
 
 
-def test_exports_triton_cannot_drive_are_refused_before_anything_is_written(tmp_path, capsys):
-    for model, extra, why in (("encoder_decoder", [], "feeds its encoder's outputs"),
-                              ("autoregressive", ["--max-context", "6"], "scalar position")):
-        out = tmp_path / model
-        rc = cli.main(["--model", model, "--out", str(out), "--format", "onnx", "--set", "embed_dim=16",
-                       "--triton-repo", str(tmp_path / "tr"), *extra])
-        err = capsys.readouterr().err
-        assert rc == 2 and why in err and "nothing exported" in err
-        assert not out.exists() and not (tmp_path / "tr").exists()
+def test_an_export_triton_cannot_drive_is_refused_naming_why():
+    from tsattn.export.manifest import TensorSpec
+    from tsattn.export.task import StepTensor, Task
+    from tsattn.export.triton import unsupported
+
+    cache = CacheSpec(layers=1, kv_heads=2, head_dim=4, max_context=8)
+    task = Task("sequence", (StepTensor("x", 1),), (StepTensor("y", 1),))
+    inputs = [TensorSpec("x", "float32", ("batch", "seq", 3)), TensorSpec("temperature", "float32", ())]
+    assert "graph input 'temperature' is a scalar" in unsupported(task, cache, inputs + cache.past_specs())
+    assert unsupported(task, cache, inputs[:1] + cache.past_specs()) is None
+    positioned = Task("sequence", (StepTensor("x", 1),), (StepTensor("y", 1),), position="start_pos")
+    assert unsupported(positioned, cache, [inputs[0], TensorSpec("start_pos", "int64", ())]) is None

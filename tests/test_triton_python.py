@@ -144,3 +144,29 @@ def test_only_numpys_report_on_consumed_capsules_is_kept_out_of_the_log():
     for u in other:
         hook(u)
     assert seen == other
+
+
+def test_a_graph_that_takes_its_start_position_gets_the_step_count(tmp_path):
+    """seed 002's autoregressive model with a sliding window takes its start position: model.py feeds the
+    sequence's step count, and every request equals the runtime's stream past the window."""
+    from runtime_exports import stream_in_chunks
+    from tsattn.export.exporter import export
+    from tsattn.export.models import MODELS
+
+    exportable = MODELS["autoregressive"].build({"embed_dim": 16, "ffn_latent_dim": 24, "num_heads": 4,
+                                                 "max_seq_len": 8, "max_context": 6, "attention_type": "mqa"},
+                                                None, 0)
+    export(exportable, tmp_path / "ar", formats=["onnx"])
+    entry = write_triton_repo(tmp_path / "ar", tmp_path / "models", backend="python")
+    spec = json.loads((entry / "1" / "tsattn_stream.json").read_text())
+    assert spec["position"]["name"] not in spec["inputs"]
+    x = np.random.default_rng(1).normal(size=(17, 3)).astype(np.float32)
+    with load(tmp_path / "ar", device="cpu") as rt:
+        (step,), (out,) = rt.manifest.task.input_names, rt.manifest.task.output_names
+        want = stream_in_chunks(rt, {step: x})[out]  # chunks 1, 3, 1, 7, ...
+    model = SequenceModel(str(entry / "1"))
+    got, start = [], 0
+    for i, n in enumerate((2, 1, 5, 9)):
+        got.append(model.step(9, i == 0, False, {step: x[None, start : start + n]})[out][0])
+        start += n
+    assert np.abs(np.concatenate(got) - want).max() <= 1e-5

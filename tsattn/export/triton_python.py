@@ -34,12 +34,15 @@ STREAM_FILE = "tsattn_stream.json"  # the name triton_python_model.STREAM_FILE r
 
 def stream_spec(manifest: Manifest, graph: GraphSpec) -> Dict[str, Any]:
     """The contents of ``tsattn_stream.json``: the graph's file, its inputs and outputs without the cache, the
-    input whose first dim is the batch, and the cache tensors (past, present, heads, dim), dtype and capacity."""
+    input whose first dim is the batch, the cache tensors (past, present, heads, dim), dtype and capacity, and the
+    position input (the task's ``position``: the sequence's step count before a request, which model.py feeds)."""
     cache = manifest.cache if manifest.cache is not None and manifest.cache.graph == graph.name else None
-    hidden = set(cache.past_names()) | set(cache.present_names()) if cache else set()
+    position = manifest.task.position if cache is not None else None  # the step count, fed by model.py
+    hidden = set(cache.past_names()) | set(cache.present_names()) | {position} if cache else set()
     inputs = [t for t in graph.inputs if t.name not in hidden]
     spec: Dict[str, Any] = {"model": "model.onnx", "inputs": [t.name for t in inputs],
-                            "outputs": [t.name for t in graph.outputs if t.name not in hidden], "cache": None}
+                            "outputs": [t.name for t in graph.outputs if t.name not in hidden], "cache": None,
+                            "position": None}
     if cache is not None:
         batch = [t.name for t in inputs if t.shape and t.shape[0] == cache.batch_dim]
         if not batch:
@@ -47,6 +50,10 @@ def stream_spec(manifest: Manifest, graph: GraphSpec) -> Dict[str, Any]:
 
             raise TritonRepoError(f"graph {graph.name!r} has no input whose first dim is {cache.batch_dim!r}")
         spec["batch_input"] = batch[0]
+        if position is not None:
+            first = manifest.task.inputs[0]
+            spec["position"] = {"name": position, "dtype": graph.input(position).dtype, "input": first.name,
+                                "time_axis": first.time_axis}
         spec["cache"] = {"dtype": cache.dtype, "sliding": cache.sliding, "max_context": cache.max_context,
                          "tensors": [{"past": t.past, "present": t.present, "heads": t.heads, "dim": t.dim}
                                      for t in cache.cache_tensors()]}

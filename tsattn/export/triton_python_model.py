@@ -11,7 +11,8 @@ Sequences: the sequence batcher gives every request the controls ``START``, ``EN
 and keeps the graph's ``present`` tensors for the next one, ``END`` frees it; a cache idle for longer than the
 sequence batcher's idle limit is dropped too (Triton has freed that sequence's slot). A request without a cache
 (not started, or dropped) is an error naming the sequence; so is one that would pass a cache that does not slide
-(absolute positions). An export without a cache is stateless: each request is one forward.
+(absolute positions). A graph that takes its start position (the task's ``position``) gets the sequence's step
+count before the request. An export without a cache is stateless: each request is one forward.
 
 Under NumPy 2, tensors cross the stub by DLPack, not by ``as_numpy()`` / ``Tensor(name, ndarray)``: the stub's
 pybind11 NumPy interop (the nvidia-pytriton wheel's stubs, Triton 2.51) is compiled against the NumPy 1.x ABI, and
@@ -67,7 +68,8 @@ class SequenceModel:
         self.outputs: List[str] = self.spec["outputs"]
         self.idle_s = idle_s
         self._clock = clock
-        self._caches: "OrderedDict[int, Tuple[List[np.ndarray], float]]" = OrderedDict()
+        self.position = self.spec.get("position")
+        self._caches: "OrderedDict[int, Tuple[List[np.ndarray], float, int]]" = OrderedDict()  # past, used, steps
 
     def _empty(self, rows: int) -> List[np.ndarray]:
         dtype = np.dtype(self.cache["dtype"])
@@ -77,7 +79,7 @@ class SequenceModel:
         if self.idle_s is None:
             return
         while self._caches:
-            corrid, (_, used) = next(iter(self._caches.items()))
+            corrid, (_, used, _) = next(iter(self._caches.items()))
             if now - used <= self.idle_s:
                 break
             del self._caches[corrid]
@@ -95,9 +97,9 @@ class SequenceModel:
         self._drop_idle(now)
         rows = int(feed[self.spec["batch_input"]].shape[0])
         if start:
-            past = self._empty(rows)
+            past, steps = self._empty(rows), 0
         elif corrid in self._caches:
-            past = self._caches[corrid][0]
+            past, _, steps = self._caches[corrid]
         else:
             raise StepError(f"sequence {corrid} has no cache here: it was never started (START), it ended, or it "
                             f"was idle for longer than {self.idle_s} s")
@@ -106,6 +108,9 @@ class SequenceModel:
                             f"request has {rows}")
         tensors = self.cache["tensors"]
         feed.update({t["past"]: p for t, p in zip(tensors, past)})
+        if self.position is not None:  # the graph's start position: the steps the sequence holds before these
+            feed[self.position["name"]] = np.asarray(steps, dtype=self.position["dtype"])
+        new = int(feed[self.position["input"]].shape[self.position["time_axis"]]) if self.position else 0
         names = self.outputs + [t["present"] for t in tensors]
         out = dict(zip(names, self.session.run(names, feed)))
         present = [out.pop(t["present"]) for t in tensors]
@@ -116,7 +121,7 @@ class SequenceModel:
         if end:
             self._caches.pop(corrid, None)
         else:
-            self._caches[corrid] = (present, now)
+            self._caches[corrid] = (present, now, steps + new)
             self._caches.move_to_end(corrid)
             while len(self._caches) > MAX_SEQUENCES:
                 self._caches.popitem(last=False)

@@ -64,11 +64,17 @@ _NUMBER_RUN = re.compile(rb"[0-9.eE+\-]{%d,}" % (MAX_NUMBER_CHARS + 1))
 
 def check_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH, max_number_chars: int = MAX_NUMBER_CHARS) -> None:
     """Refuse (``JsonRefused``) a body nested deeper than ``max_depth`` or holding a number of more than
-    ``max_number_chars`` characters, in time linear in its size and without parsing it."""
+    ``max_number_chars`` characters, in time linear in its size and without parsing it. Strings are blanked out
+    (their brackets and digits do not count) only when the raw body could exceed a limit."""
+    pattern = _NUMBER_RUN if max_number_chars == MAX_NUMBER_CHARS else re.compile(
+        rb"[0-9.eE+\-]{%d,}" % (max_number_chars + 1))
+    deep = raw.count(b"[") + raw.count(b"{") > max_depth
+    long_number = pattern.search(raw) is not None
+    if not (deep or long_number):
+        return  # the common case: two counts and one search
     if b'"' in raw:
-        raw = _STRING.sub(b'""', raw)  # brackets and digits inside strings do not count
-    opens = raw.count(b"[") + raw.count(b"{")
-    if opens > max_depth:  # could be too deep: measure
+        raw = _STRING.sub(b'""', raw)
+    if deep:
         import numpy as np
 
         codes = np.frombuffer(raw, dtype=np.uint8)
@@ -77,9 +83,7 @@ def check_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH, max_number_chars: in
         if depth > max_depth:
             raise JsonRefused(f"the JSON body nests {depth} levels deep; the limit is {max_depth} (max_json_depth)",
                               "json_too_deep")
-    pattern = _NUMBER_RUN if max_number_chars == MAX_NUMBER_CHARS else re.compile(
-        rb"[0-9.eE+\-]{%d,}" % (max_number_chars + 1))
-    found = pattern.search(raw)
+    found = pattern.search(raw) if long_number else None
     if found:
         raise JsonRefused(f"a JSON number of {len(found.group())} characters; the limit is {max_number_chars} "
                           f"characters (max_number_chars)", "number_too_long")
@@ -90,15 +94,23 @@ def _int(text: str) -> Any:
     return value if -(1 << 63) <= value < (1 << 64) else float(value)
 
 
+_DECODER = json.JSONDecoder(parse_int=_int)  # made once: json.loads(..., parse_int=...) builds one per call
+_ENCODER = json.JSONEncoder(allow_nan=False)
+
+
 def loads(raw: bytes) -> Any:
-    """``json.loads`` after ``check_json``; integers outside int64/uint64 become floats."""
+    """``json.loads`` after ``check_json``; integers outside int64/uint64 become floats. Raises ``JsonRefused``,
+    ``UnicodeDecodeError``, ``json.JSONDecodeError``."""
     check_json(raw)
-    return json.loads(raw, parse_int=_int)
+    text = raw.decode(json.detect_encoding(raw), "surrogatepass") if isinstance(raw, (bytes, bytearray)) else raw
+    if text.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    return _DECODER.decode(text)
 
 
 def dumps(body: Any) -> str:
     """``json.dumps`` that never writes NaN or Infinity (``ValueError`` instead: they are not JSON)."""
-    return json.dumps(body, allow_nan=False)
+    return _ENCODER.encode(body)
 
 
 __all__ = ["CALL_POSITIONS", "DEFAULT_MAX_PREDICT_VALUES", "JsonRefused", "MAX_CHANNELS", "MAX_JSON_DEPTH",

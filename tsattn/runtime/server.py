@@ -10,6 +10,8 @@
                                              output for the new steps, any cached export; or {"values": [v, ...] or
                                              [[v_c, ...], ...], "offset": n} -> {"forecast", "length", "observed"}:
                                              the primary output after the last step
+    POST   /v1/streams/{id}/generate         {"n", "top_k", "temperature", "seed"} -> {"tokens", "length", ...}
+                                             (a causal_lm export: samples fed back through the cache)
     GET    /v1/streams/{id}                  {"id", "model", "channels", "length", "observed", "pending", "created",
                                               "last_used", "age_s", "idle_s"}
     DELETE /v1/streams/{id}                  204
@@ -102,25 +104,37 @@ def _schemas() -> Dict[str, Any]:
                               "nested lists without the batch axis: the encoder runs once, its outputs feed every "
                               "step of the stream")
 
-    class ValuesObservations(BaseModel):
+    class Observations(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        values: Union[Number, List[Number], List[List[Number]]] = Field(
-            ..., description="new observations, oldest first: one number, a list of n numbers (one channel), or n "
-                             "lists of C numbers (C channels); finite; at most max_append per request. For an "
-                             "export with one step input whose time axis follows the batch (the reference model)")
         offset: Optional[int] = Field(None, ge=0, description="the number of steps the client expects the stream "
                                                               "to have observed before these; a mismatch is 409 "
                                                               "and applies nothing (retries are applied once)")
 
-    class InputsObservations(BaseModel):
-        model_config = ConfigDict(extra="forbid")
+    class ValuesObservations(Observations):
+        values: Union[Number, List[Number], List[List[Number]]] = Field(
+            ..., description="new observations, oldest first: one number, a list of n numbers (one channel), or n "
+                             "lists of C numbers (C channels); finite; at most max_append per request. For an "
+                             "export with one step input whose time axis follows the batch (the reference model)")
+
+    class InputsObservations(Observations):
         inputs: Dict[str, Any] = Field(
             ..., description="the task's step inputs by name (GET /v1/models: stream.inputs), each a nested list "
                              "in the graph's layout without the batch axis (a leading axis of C rows for a "
                              "C-channel stream), time on the declared axis, one or many steps")
-        offset: Optional[int] = Field(None, ge=0, description="the number of steps the client expects the stream "
-                                                              "to have observed before these; a mismatch is 409 "
-                                                              "and applies nothing (retries are applied once)")
+
+    class GenerateRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        n: int = Field(..., ge=1, description="tokens to sample after the stream's last one (at most max_append)")
+        top_k: Optional[int] = Field(None, ge=1, description="null or 1: greedy (the most likely token); k: sample "
+                                                             "among the k most likely")
+        temperature: float = Field(1.0, gt=0, description="softmax temperature of top-k sampling")
+        seed: Optional[int] = Field(None, description="seed of the sampler (the same seed, the same tokens)")
+
+    class GenerateResponse(BaseModel):
+        id: str
+        tokens: List[int]
+        length: int
+        observed: int
 
     class PredictRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -181,8 +195,8 @@ def _schemas() -> Dict[str, Any]:
 
     return {m.__name__: m.model_json_schema(ref_template="#/components/schemas/{model}")
             for m in (OpenStreamRequest, ValuesObservations, InputsObservations, PredictRequest, StreamInfo,
-                      StreamState, ForecastResponse, OutputsResponse, PredictResponse, ModelsResponse, Health,
-                      ErrorResponse)}
+                      StreamState, ForecastResponse, OutputsResponse, GenerateRequest, GenerateResponse,
+                      PredictResponse, ModelsResponse, Health, ErrorResponse)}
 
 
 ERRORS = {400: "malformed JSON or HTTP; JSON nested deeper than 32 levels or a number longer than 64 characters",
@@ -241,6 +255,10 @@ def openapi(title: str, version: str, description: str) -> Dict[str, Any]:
             "Append steps: {inputs} answers every step output for the new steps, {values} the primary output after "
             "the last one", "streams", 200, "OutputsResponse|ForecastResponse",
             (400, 401, 404, 408, 409, 410, 413, 422, 503), "InputsObservations|ValuesObservations", ("stream_id",))},
+        "/v1/streams/{stream_id}/generate": {"post": op(
+            "A causal language model's stream: sample n tokens (greedy, or top-k with a seed), each fed back",
+            "streams", 200, "GenerateResponse", (400, 401, 404, 409, 410, 422, 503), "GenerateRequest",
+            ("stream_id",))},
         "/v1/streams/{stream_id}": {"delete": op("Close a stream", "streams", 204, None, (401, 404, 410),
                                                  params=("stream_id",)),
                                     "get": op("A stream's length, observed count (the next offset), times", "streams",
@@ -285,7 +303,10 @@ class _RuntimeCollector:
                                ("rejected_offset", "Appends refused because their offset was not the stream's "
                                                    "observed count (409)"),
                                ("rejected_nonfinite", "Appends refused because the model's output would not be "
-                                                      "finite (422)")):
+                                                      "finite (422)"),
+                               ("rejected_cache_full", "Appends refused because they would pass the capacity of a "
+                                                       "cache that does not slide (409)"),
+                               ("encoder_calls", "Encoder runs of encoder-decoder streams (one per stream opened)")):
             yield CounterMetricFamily(f"tsattn_{key}", help_text, value=stats.get(key, 0))
 
 
@@ -382,11 +403,19 @@ class Gate:
 
             async def counted_receive():
                 if more[0] and timeout:
+                    # a timer that cancels this task (cheaper than asyncio.timeout on the hot path of appends)
+                    task, fired = asyncio.current_task(), []
+                    timer = asyncio.get_running_loop().call_later(timeout, lambda: (fired.append(1), task.cancel()))
                     try:
-                        message = await _within(receive(), timeout)
-                    except asyncio.TimeoutError:
+                        message = await receive()
+                    except asyncio.CancelledError:
+                        if not fired:
+                            raise
+                        task.uncancel() if hasattr(task, "uncancel") else None
                         raise HttpError(408, f"the request body did not arrive within {timeout:g} s "
                                              f"(body_timeout_s)", "body_timeout", {"Connection": "close"}) from None
+                    finally:
+                        timer.cancel()
                 else:
                     message = await receive()
                 if message["type"] == "http.request":
@@ -586,6 +615,28 @@ def create_app(runtime: Runtime, *, token: Optional[str] = None, max_body_bytes:
         return ok({"id": stream_id, "forecast": _floats(result.forecast), "length": result.length,
                    "observed": result.observed})
 
+    async def generate(request: Request) -> Response:
+        stream_id = request.path_params["stream_id"]
+        data = await json_body(request, required=True)
+        fields(data, ("n", "top_k", "temperature", "seed"), ("n",))
+        n = data["n"]
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= runtime.max_append:
+            raise HttpError(422, f"n: expected an integer from 1 to {runtime.max_append} (max_append), got "
+                                 f"{json.dumps(n)}", "invalid_request")
+        for key in ("top_k", "seed"):
+            if data.get(key) is not None and (isinstance(data[key], bool) or not isinstance(data[key], int)):
+                raise HttpError(422, f"{key}: expected an integer or null, got {json.dumps(data[key])}",
+                                "invalid_request")
+        temperature = data.get("temperature", 1.0)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+            raise HttpError(422, f"temperature: expected a number, got {json.dumps(temperature)}", "invalid_request")
+        tokens = await run_in_threadpool(runtime.generate, stream_id, n, top_k=data.get("top_k"),
+                                         temperature=float(temperature), seed=data.get("seed"),
+                                         timeout=append_timeout_s)
+        info = runtime.stream_info(stream_id)
+        return ok({"id": stream_id, "tokens": tokens.tolist(), "length": info["length"],
+                   "observed": info["observed"]})
+
     async def close_stream(request: Request) -> Response:
         runtime.close(request.path_params["stream_id"])
         return Response(status_code=204)
@@ -642,6 +693,7 @@ def create_app(runtime: Runtime, *, token: Optional[str] = None, max_body_bytes:
         Route("/v1/models/{name}/predict", predict, methods=["POST"]),
         Route("/v1/streams", open_stream, methods=["POST"]),
         Route("/v1/streams/{stream_id}/observations", observations, methods=["POST"]),
+        Route("/v1/streams/{stream_id}/generate", generate, methods=["POST"]),
         Route("/v1/streams/{stream_id}", close_stream, methods=["DELETE"]),
         Route("/v1/streams/{stream_id}", stream_state, methods=["GET"]),
         Route("/metrics", prometheus, methods=["GET"]),
