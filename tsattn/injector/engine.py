@@ -192,8 +192,8 @@ def recover(root: Path, repo: GitRepo, recipe: Optional[Recipe] = None, allow_di
         except OSError as exc:
             raise InjectError(f"{record_file}: rolling back the interrupted {tx.op} of {rec.name} failed: {exc}; "
                               "the journal is kept: fix the cause and run any tsattn-inject command again") from None
-        parts = [f"restored {', '.join(repair.restored)}" if repair.restored else "",
-                 f"removed {', '.join(repair.removed)}" if repair.removed else "",
+        parts = [f"restored {', '.join(sorted(repair.restored))}" if repair.restored else "",
+                 f"removed {', '.join(sorted(repair.removed))}" if repair.removed else "",
                  f"removed {len(repair.temporaries)} temporary file(s)" if repair.temporaries else "",
                  f"removed directory {', '.join(repair.dirs)}" if repair.dirs else ""]
         now = ("not applied" if tx.previous is None else

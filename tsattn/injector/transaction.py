@@ -199,12 +199,9 @@ def apply(root: Path, record_file: Path, journal: InjectionRecord, writes: Mappi
     tx = journal.transaction
     assert tx is not None and set(writes) <= set(tx.undo)
     record_file.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        atomic_write(record_file, journal.to_bytes())
-    except OSError as exc:
-        raise WriteFailed(str(record_file), exc.strerror or str(exc), detail="nothing was changed") from None
     current = str(record_file)
     try:
+        atomic_write(record_file, journal.to_bytes())  # nothing of the work tree has changed before this
         for d in tx.dirs:
             current = d
             if not (root / d).is_dir():
