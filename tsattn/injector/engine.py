@@ -551,7 +551,8 @@ def revert(target: os.PathLike, feature: str, kind: Optional[str] = None, allow_
         state = load_record(repo, recipe)
         result = Result("reverted", recipe.kind, recipe.feature, repaired=repaired)
         if state is None:
-            if any((root / dest).exists() for dest in render_templates(recipe.templates)):
+            others = {p for rec in InjectionRecord.read_all(repo.git_dir) for p in rec.files}
+            if any((root / dest).exists() and dest not in others for dest in render_templates(recipe.templates)):
                 raise RefusedError(f"{root}: {recipe.name} seems applied but there is no record of it "
                                    f"({state_path(repo, recipe)}), e.g. it came from a patch: undo it with "
                                    "`git apply -R PATCH` or `git checkout`/`git clean` of its files")

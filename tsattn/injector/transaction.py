@@ -51,8 +51,8 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _replace = os.replace  # the commit point of every file write (tests inject faults here)
 
 
-def _write(f, data: bytes) -> None:
-    """Write ``data`` to the open temporary file ``f`` (tests inject faults here, e.g. ENOSPC)."""
+def _write(f, data: bytes, tmp: str) -> None:
+    """Write ``data`` to the open temporary file ``f`` (named ``tmp``; tests inject faults here, e.g. ENOSPC)."""
     f.write(data)
 
 
@@ -104,7 +104,7 @@ def atomic_write(path: Path, data: bytes, mode: Optional[int] = None) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
-            _write(f, data)
+            _write(f, data, tmp)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _default_mode() if mode is None else mode)
