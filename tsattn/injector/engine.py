@@ -1,22 +1,32 @@
-"""Inject and revert: plan in memory, check the target, write in one transaction, record, make the patch.
+"""Inject, revert, status: recover first, plan in memory, check the target, one journaled transaction, the patch.
+
+Every command on a target (``inject``, ``revert``, ``status``; ``dry_run`` included) holds the clone's lock
+(``record.locked``) and first runs ``recover``: an interrupted transaction (a record "in progress", left by a
+killed run) is rolled back to the bytes it recorded before it, stale ``*.tsattn-tmp`` files are removed, and
+what was repaired is said (``Result.repaired``; logged). A torn or foreign record is refused (exit 3).
 
 ``inject(target, feature, ...)``:
   1. the target must be the root of a git work tree with a commit; its kind is detected (or forced);
   2. plan: every file the recipe edits is parsed and every codemod run, every template rendered, in memory
-     (a file that does not parse, or a missing anchor, stops here: nothing written);
+     (a file that does not parse, or a missing anchor, stops here: nothing written); options not given keep the
+     record's values, or without a record (a colleague's ``git apply``) the values found in the code
+     (``options_in_code``);
   3. nothing differs: "already applied" (exit 0; the patch is written again);
   4. refuse (exit 3) a changed file with uncommitted changes that are not our own recorded output (unless
-     ``allow_dirty``), or an existing file the recipe adds that is not our own output (in the record, or
-     carrying ``MARKER``, or already identical);
-  5. one ``Transaction``: the target's files, the record ``.git/tsattn/<kind>-<feature>.json`` and the patch.
-``revert(target, feature)`` restores the recorded originals byte for byte and removes the record.
+     ``allow_dirty``), an existing file the recipe adds that is not our own output (in the record, or
+     carrying ``MARKER``, or already identical), a symbolic link or directory where the recipe writes a file;
+  5. the patch is written (outside the work tree by default: ``default_patch_path``), then one journaled
+     transaction (``transaction.apply``) writes the target's files and the record.
+``revert(target, feature)`` restores the recorded originals byte for byte, removes the added files and the
+directories the injection created, and removes the record, through the same journal.
 
-The record lives under the target's git directory: it stays out of ``git status`` and out of the patch, and
-keeps per clone what ``--revert`` needs (the original bytes of every touched file), the options (so a re-run
-keeps them unless given anew), the tool version and the upstream commit. A colleague who only ``git apply``-ed
-the patch has no record: re-running the same injection there is still "already applied" (the codemods are
-idempotent, so the plan changes nothing), recipe-specific files carry ``MARKER`` so that they count as ours, and
-the patch's header names the tool version, feature, options and upstream commit.
+The record (``record.py``: ``<git dir>/tsattn/<kind>-<feature>.json``) stays out of ``git status`` and out of the
+patch, and keeps per clone what ``--revert`` needs (the original bytes of every touched file), the options (so a
+re-run keeps them unless given anew), the tool version and the upstream commit; while a transaction runs it is
+also the journal that undoes it. A colleague who only ``git apply``-ed the patch has no record: re-running the
+same injection there is "already applied" with the option values read back from the code, recipe-specific files
+carry ``MARKER`` so that they count as ours, and the patch's header names the tool version, feature, options and
+upstream commit.
 """
 
 from __future__ import annotations
@@ -166,8 +176,9 @@ def _recipe_paths(recipe: Optional[Recipe]) -> List[str]:
 
 def recover(root: Path, repo: GitRepo, recipe: Optional[Recipe] = None, allow_dirty: bool = False) -> List[str]:
     """Roll back every interrupted transaction in the clone (a record "in progress": a killed run) to the bytes it
-    recorded before it, and remove stale temporary files (``*.tsattn-tmp``) of the journaled paths and of
-    ``recipe``'s; returns one sentence per repair. Refuses (``RefusedError``) a torn or foreign record, and a file
+    recorded before it, and remove stale temporary files (``*.tsattn-tmp``) of the journaled paths, of the record
+    directory and of ``recipe``'s paths (a run of an older version); returns one sentence per repair. Needs no
+    recipe for the journals, so it runs before the target's kind is detected (a half-written tree may not be). Refuses (``RefusedError``) a torn or foreign record, and a file
     that changed since the interrupted run (neither its bytes before nor after it) unless ``allow_dirty``."""
     try:
         records = InjectionRecord.read_all(repo.git_dir)
@@ -202,8 +213,9 @@ def recover(root: Path, repo: GitRepo, recipe: Optional[Recipe] = None, allow_di
                     f"{'; '.join(p for p in parts if p) or 'nothing had changed yet'}; {rec.name} is {now}")
     stale = transaction.remove_temporaries(root, _recipe_paths(recipe))
     folder = record_dir(repo.git_dir)
-    if folder.is_dir():
-        stale += _remove_record_temporaries(folder)
+    for where in (folder, folder / "patches"):
+        if where.is_dir():
+            stale += _remove_record_temporaries(where)
     if stale:
         said.append(f"removed stale temporary files of an interrupted run: {', '.join(stale)}")
     for line in said:
@@ -490,9 +502,10 @@ def inject(
     """Apply ``feature`` to the clone at ``target``; see the module docstring. Raises ``InjectError``s."""
     transaction.reset_operations()
     root, repo = open_target(target)
-    recipe = _recipe_for(root, feature, kind)
     with _locked(repo):
-        repaired = recover(root, repo, recipe, allow_dirty)
+        repaired = recover(root, repo, None, allow_dirty)
+        recipe = _recipe_for(root, feature, kind)
+        repaired += recover(root, repo, recipe, allow_dirty)
         state = load_record(repo, recipe)
         given = {k: v for k, v in (options or {}).items() if v is not None}
         opts = recipe.resolve(state.options if state else {}, given)
@@ -545,9 +558,10 @@ def revert(target: os.PathLike, feature: str, kind: Optional[str] = None, allow_
     """Restore every file the recorded injection touched to its bytes before it; remove the added ones."""
     transaction.reset_operations()
     root, repo = open_target(target)
-    recipe = _recipe_for(root, feature, kind)
     with _locked(repo):
-        repaired = recover(root, repo, recipe, allow_dirty)
+        repaired = recover(root, repo, None, allow_dirty)
+        recipe = _recipe_for(root, feature, kind)
+        repaired += recover(root, repo, recipe, allow_dirty)
         state = load_record(repo, recipe)
         result = Result("reverted", recipe.kind, recipe.feature, repaired=repaired)
         if state is None:
@@ -602,9 +616,11 @@ def status(target: os.PathLike, feature: Optional[str] = None, kind: Optional[st
     after rolling back an interrupted transaction (said in ``repaired``)."""
     transaction.reset_operations()
     root, repo = open_target(target)
-    recipe = _recipe_for(root, feature, kind) if feature is not None else None
     with _locked(repo):
-        out = Status(str(root), repaired=recover(root, repo, recipe, allow_dirty))
+        out = Status(str(root), repaired=recover(root, repo, None, allow_dirty))
+        recipe = _recipe_for(root, feature, kind) if feature is not None else None
+        if recipe is not None:
+            out.repaired += recover(root, repo, recipe, allow_dirty)
         try:
             records = InjectionRecord.read_all(repo.git_dir)
         except RecordError as exc:
