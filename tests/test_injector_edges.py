@@ -15,31 +15,15 @@ import git
 import pytest
 
 from tsattn.examples import lookalike_repo
-from tsattn.injector import cli, engine, record, transaction
+from tsattn.injector import engine, record, transaction
 from tsattn.injector.errors import WriteFailed
 
 from repo_checks import snapshot
 from test_injector_crash import fork_cli, state
+from test_injector_engine import calf, commit_all, run_cli  # noqa: F401 (calf: the fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = ".git/tsattn/calf-wcmha.json"
-
-
-@pytest.fixture
-def calf(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return lookalike_repo("calf_lookalike", tmp_path / "CALF")
-
-
-def commit_all(root: Path, message: str) -> None:
-    repo = git.Repo(root)
-    repo.git.add("-A")
-    actor = git.Actor("t", "t@example.invalid")
-    repo.index.commit(message, author=actor, committer=actor)
-
-
-def run_cli(*args: str) -> int:
-    return cli.main(list(args))
 
 
 # --- links, directories ----------------------------------------------------------------------------------------
