@@ -48,8 +48,9 @@ class AnchorNotFound(RefusedError):
         self.path, self.symbol = path, symbol
 
 
-class WriteFailed(InjectError):
-    """A file of the transaction could not be written or removed (``path``, ``reason``, e.g. a full disk)."""
+class WriteFailed(InjectError, OSError):
+    """A file of the transaction could not be written or removed (``path``, ``reason``, e.g. a full disk); an
+    ``OSError`` too, for callers that catch those."""
 
     def __init__(self, path: str, reason: str, restored: bool = True, detail: str = "") -> None:
         tail = ("every file was restored" if restored else
