@@ -147,8 +147,7 @@ def _status_lines(st) -> str:
             lines.append(f"{name}: some of its files are present, but no record and not a complete injection")
     if not lines:
         lines.append("no injection recorded")
-    if st.repaired:
-        lines.append("an interrupted run was rolled back first (see above)")
+    lines += [f"interrupted run found and rolled back first: {line}" for line in st.repaired]
     return "\n".join(lines)
 
 
