@@ -63,7 +63,8 @@ def _parser(recipes) -> argparse.ArgumentParser:
     p.add_argument("--kind", metavar="K", help="target kind, instead of detecting it from the files")
     p.add_argument("--patch-out", metavar="PATH", help="where to write the patch (default: patches/<kind>-<feature>.patch "
                    "under the current directory; inside the target: its .git/tsattn/patches/)")
-    p.add_argument("--dry-run", action="store_true", help="print the diff and write nothing")
+    p.add_argument("--dry-run", action="store_true", help="print the diff and write nothing (an interrupted run is "
+                   "still rolled back first)")
     p.add_argument("--revert", action="store_true", help="remove the feature: restore the recorded originals")
     p.add_argument("--status", action="store_true", help="say what is applied to --target (with which options) "
                    "and repair an interrupted run; --feature is optional")
