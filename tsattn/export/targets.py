@@ -6,9 +6,10 @@ fingerprints, ``tsattn.injector.targets.KINDS[kind].matches``), the features it 
 (``tsattn/export/calf.py``) and is referenced here lazily (``_lazy``), so that ``--list`` and detection import
 nothing of the target's stack. What every builder shares is here:
 
-- ``open_patched(repo, kind, feature)`` checks that the clone carries the injection (every file the recipe adds
-  is there; else ``TargetError``: "run tsattn-inject first") and reads the injector's record
-  ``.git/tsattn/<kind>-<feature>.json`` (its options and upstream commit; without a record, e.g. after a bare
+- ``open_patched(repo, kind, feature)`` checks that the clone carries the injection (every file it adds is
+  there; else ``TargetError``: "run tsattn-inject first") and reads the injector's record
+  ``.git/tsattn/<kind>-<feature>.json`` through ``tsattn.injector.record`` (standard library only: its options and
+  upstream commit; an interrupted or torn record is a ``TargetError``; without a record, e.g. after a bare
   ``git apply``, no options, and ``options_from`` says so: the builder reports what the built model uses).
   ``PatchedTarget.source(...)`` is the manifest's ``source`` entry.
 - ``PatchedTarget.import_module(name)`` imports a module of the clone as the target's own scripts do (the
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import subprocess
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,17 +112,36 @@ class PatchedTarget:
 def open_patched(repo: Path, kind: str, feature: str) -> PatchedTarget:
     """Check that ``repo`` carries the injection of ``kind``/``feature`` and read what the injector recorded.
 
-    Patched means: every file the recipe adds (its templates) exists. Raises ``TargetError`` otherwise, saying
-    which file is missing and the ``tsattn-inject`` command to run. A target-specific check that the built model
-    really uses the feature belongs to the builder.
+    Patched means: every file the injection added exists (the record's, else the recipe's templates). Raises
+    ``TargetError`` otherwise, saying which file is missing and the ``tsattn-inject`` command to run, and for a
+    torn, foreign or interrupted record. The record is read through ``tsattn.injector.record`` and git through
+    the ``git`` command: with a record, neither libcst nor gitpython is imported. A target-specific check that
+    the built model really uses the feature belongs to the builder.
     """
-    from tsattn.injector.engine import load_state, state_path
-    from tsattn.injector.errors import InjectError
-    from tsattn.injector.recipe import get_recipe
+    from tsattn.injector.record import InjectionRecord, RecordError, git_dir_of
 
     root = Path(repo).resolve()
-    recipe = get_recipe(kind, feature)
-    missing = [t.dest for t in recipe.templates if not (root / t.dest).is_file()]
+    git_dir = git_dir_of(root) if (root / ".git").exists() else None
+    rec = None
+    if git_dir is not None:
+        try:
+            rec = InjectionRecord.read(git_dir, kind, feature)
+        except RecordError as exc:
+            raise TargetError(str(exc)) from None
+        if rec is not None and not rec.complete:
+            raise TargetError(
+                f"target {kind} ({root}): the injection record {rec.path(git_dir)} is of an interrupted "
+                f"tsattn-inject run ({rec.transaction.op}); run `tsattn-inject --target {root} --status` to roll it "
+                "back, then inject again")
+    if rec is not None:
+        added, ours = rec.added, set(rec.files)
+    else:
+        from tsattn.injector.recipe import get_recipe  # no record: the recipe says what the injection adds
+
+        recipe = get_recipe(kind, feature)
+        added = [t.dest for t in recipe.templates]
+        ours = {e.path for e in recipe.edits(recipe.resolve())} | set(added)
+    missing = [p for p in added if not (root / p).is_file()]
     if missing:
         raise TargetError(
             f"target {kind} ({root}) is not patched with {feature}: {', '.join(missing)} missing. Run "
@@ -130,27 +151,25 @@ def open_patched(repo: Path, kind: str, feature: str) -> PatchedTarget:
                     "spec's entries (CALF: wcmha)")
     commit = head = None
     dirty: Tuple[str, ...] = ()
-    try:
-        import git
-
-        git_repo = git.Repo(root)
-        head = git_repo.head.commit.hexsha
-    except Exception:  # not a git work tree (an unpacked copy): no commit to name
-        git_repo = None
-    if git_repo is not None:
-        try:
-            state = load_state(git_repo, recipe)
-        except InjectError as exc:
-            raise TargetError(str(exc)) from None
-        if state is not None:
-            options = recipe.resolve(state.get("options") or {})
-            options_from = f"injection record {state_path(git_repo, recipe)}"
-            commit = state.get("upstream_commit")
-        ours = set(state["files"]) if state else ({e.path for e in recipe.edits(recipe.resolve())}
-                                                  | {t.dest for t in recipe.templates})
-        changed = git_repo.git.status("--porcelain=v1", "--untracked-files=all").splitlines()
+    if git_dir is not None:
+        out = _git(root, "rev-parse", "--verify", "-q", "HEAD^{commit}")
+        head = (out or "").strip() or None
+        if rec is not None:
+            options = dict(rec.options)
+            options_from = f"injection record {rec.path(git_dir)}"
+            commit = rec.upstream_commit
+        changed = (_git(root, "status", "--porcelain=v1", "--untracked-files=all") or "").splitlines()
         dirty = tuple(sorted(line[3:] for line in changed if line[3:] not in ours))
     return PatchedTarget(root, kind, feature, options, options_from, commit or head, head, dirty)
+
+
+def _git(root: Path, *args: str) -> Optional[str]:
+    """stdout of ``git ARGS`` in ``root`` (None when git is missing or the command fails)."""
+    try:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True)
+    except OSError:
+        return None
+    return done.stdout.decode("utf-8", "surrogateescape") if done.returncode == 0 else None
 
 
 @contextlib.contextmanager

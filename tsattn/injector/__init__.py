@@ -6,9 +6,11 @@ Modules (one concept each):
     recipe.py       Recipe / Option / Edit (a recipe is data) and the registry
     codemods.py     the generic, reusable libcst codemods recipes are made of
     templates.py    Template(source, dest): files copied into the target, with the templates they import
-    transaction.py  atomic writes with byte-for-byte rollback
+    record.py       the injection record and write-ahead journal (its format, reading; standard library only)
+    transaction.py  the file-operation layer: journaled atomic writes, rollback (in-process and after a kill)
     gitrepo.py      the target clone through the ``git`` command (root, git dir, HEAD, plumbing)
-    engine.py       inject / revert: plan in memory, safety checks, one transaction, the record, the patch
+    engine.py       inject / revert / status: recovery first, plan in memory, safety checks, one journaled
+                    transaction, the patch
     cli.py          the command line
     recipes/        one module per recipe (registered at import); recipe templates in sub-packages
 
@@ -49,10 +51,12 @@ Adding a recipe is adding ONE module, ``recipes/<kind>_<feature>.py`` (real ones
   git repository of it; run ``engine.inject``/``engine.revert`` (or ``cli.main([...])``) on it and import the
   result with ``tsattn.examples.import_from``. Each new codemod gets before/after snippet tests.
 
-Where the record of an injection lives: ``.git/tsattn/<kind>-<feature>.json`` in the target (tool version,
-options, upstream commit, the original bytes of every touched file). It is outside the work tree, so it is
-neither in ``git status`` nor in the patch, and ``--revert`` can restore the files byte for byte even with
-``--allow-dirty``. A colleague who only ``git apply``-ed the patch has no record: there, idempotency comes from
-the codemods themselves (the same injection plans no change), recipe-specific files carry the ``# tsattn-inject``
-marker, and the patch's header names the tool version, feature, options and upstream commit.
+Where the record of an injection lives: ``.git/tsattn/<kind>-<feature>.json`` in the target (``record.py``: tool
+version, options, upstream commit, the original bytes of every touched file; while a change runs, the journal
+that undoes it). It is outside the work tree, so it is neither in ``git status`` nor in the patch, and
+``--revert`` can restore the files byte for byte even with ``--allow-dirty``; a killed run is rolled back by the
+next command on the clone. A colleague who only ``git apply``-ed the patch has no record: there, idempotency
+comes from the codemods themselves (the same injection plans no change, with the option values read back from
+the code), recipe-specific files carry the ``# tsattn-inject`` marker, and the patch's header names the tool
+version, feature, options and upstream commit.
 """

@@ -1,6 +1,6 @@
 """The target clone, through the ``git`` command.
 
-``tsattn-inject`` needs five facts and three plumbing commands from git; running ``git`` directly keeps gitpython
+``tsattn-inject`` needs five facts (one ``git rev-parse`` in the usual case) and three plumbing commands from git; running ``git`` directly keeps gitpython
 (about 0.07 s of import, a tenth of the command's budget) off its start-up path.
 
     repo = GitRepo.open("./CALF")      # RefusedError: not the root of a work tree, bare, or no commit yet
@@ -38,6 +38,7 @@ class GitRepo:
         self.root = root
         self.git_dir = git_dir           # .git, or .git/worktrees/NAME in a linked worktree
         self.common_dir = common_dir     # where objects and refs live
+        self._head: Optional[str] = None
 
     @property
     def objects_dir(self) -> Path:
@@ -49,6 +50,14 @@ class GitRepo:
         root = Path(target).resolve()
         if not root.is_dir():
             raise UsageError(f"--target {target}: not a directory")
+        # the usual case in one git command; anything else is diagnosed step by step below
+        fast = _git(root, ["rev-parse", "--is-bare-repository", "--absolute-git-dir", "--git-common-dir",
+                           "--show-toplevel", "HEAD^{commit}"])
+        facts = fast.stdout.decode("utf-8", "surrogateescape").splitlines()
+        if fast.returncode == 0 and len(facts) == 5 and facts[0] == "false" and Path(facts[3]).resolve() == root:
+            repo = cls(root, Path(facts[1]), (root / facts[2]).resolve())
+            repo._head = facts[4].strip()
+            return repo
         probe = _git(root, ["rev-parse", "--is-bare-repository", "--absolute-git-dir", "--git-common-dir"])
         lines = probe.stdout.decode("utf-8", "surrogateescape").splitlines()
         if probe.returncode != 0 or len(lines) != 3:
@@ -77,8 +86,10 @@ class GitRepo:
         return done.stdout
 
     def head(self) -> str:
-        """The commit HEAD names (40 hex digits)."""
-        return self.run("rev-parse", "--verify", "HEAD^{commit}").decode().strip()
+        """The commit HEAD named when the repository was opened (40 hex digits)."""
+        if self._head is None:
+            self._head = self.run("rev-parse", "--verify", "HEAD^{commit}").decode().strip()
+        return self._head
 
     def modes(self, paths: Sequence[str]) -> Dict[str, int]:
         """File modes at HEAD of those of ``paths`` that HEAD has (e.g. 0o100644, 0o100755)."""
