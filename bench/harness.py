@@ -57,7 +57,10 @@ def main(
     default_repeats: int = 3,
     select: Optional[Callable[[Dict, argparse.Namespace], bool]] = None,
     add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None,
+    finish: Optional[Callable[[List[Dict]], List[Dict]]] = None,
 ) -> int:
+    """Run the selected ``cases``, each in its own process; ``finish(rows) -> rows`` may add columns computed
+    across cases (ratios within the run) before the table and the JSON are written."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--json", metavar="PATH", help="also write the results as a JSON list to PATH")
     parser.add_argument("--repeats", type=int, default=default_repeats, help="timed runs per case (median)")
@@ -86,6 +89,8 @@ def main(
             print(proc.stderr, file=sys.stderr)
             raise SystemExit(f"case {case} failed with exit code {proc.returncode}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    if finish is not None:
+        results = finish(results)
     print_table(results, columns)
     if args.json:
         with open(args.json, "w") as f:

@@ -26,7 +26,7 @@ it are visited, so the cost is O(L * window).
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -193,12 +193,15 @@ class DecayBias(nn.Module):
         return self._trivial
 
     def forward(self, dt: Tensor) -> Tensor:
-        dist = dt if self.causal else dt.abs()
         alpha = self.alpha.to(dt.dtype)
-        if self.per_head_alpha:
-            alpha = alpha.view(-1, *([1] * dt.dim()))
+        alpha = alpha.view(-1, *([1] * dt.dim()))  # (H|1, 1, ..): per head, or one for all heads
+        return self._masked(dt, alpha)
+
+    def _masked(self, dt: Tensor, alpha: Tensor) -> Tensor:
+        # The bias at distances dt for an explicit alpha broadcastable against (H|1, *dt.shape).
+        dist = dt if self.causal else dt.abs()
         bias = decay_values(dist.clamp(min=0), self.decay, alpha, self.butterworth_order)
-        if not self.per_head_alpha:
+        if bias.dim() == dt.dim():
             bias = bias.unsqueeze(0)
         masked = dist < 0
         if self.cutoff is not None:
@@ -284,41 +287,229 @@ def dense_bias(bias: DecayBias, lq: int, lk: int, window: Optional[int], dtype: 
     return mask.to(dtype).unsqueeze(0)
 
 
+def _bias_line(bias: DecayBias, dt: Tensor, alpha: Tensor, win: Optional[int]) -> Tensor:
+    """The bias at the 1-D distances ``dt`` (n,) with ``alpha`` shaped (H|1, 1) or (H|1, n): (H|1, n), ``-inf``
+    where masked (causal, cutoff, ``win``)."""
+    line = bias._masked(dt, alpha)
+    if win is not None:
+        line = line.masked_fill(dt.abs() > win, float("-inf"))
+    return line
+
+
+Part = Tuple[bool, int, int]  # (diagonal, ks, ke): keys [ks, ke) of a block; diagonal: the causal square
+
+
+class _Schedule:
+    """The blocks of one blockwise call and the bias along every distance they meet, as one vector ``line``.
+
+    Queries go ``block`` at a time, [s, e) at absolute positions p0 + s .. (p0 = Lk - Lq: a cache precedes them).
+    Keys taken in reversed order make the bias a Toeplitz matrix in the order of the kernel's rows and columns:
+    query r and reversed key c of keys [ks, ke) are dt = r + c + off apart, off = p0 + s - ke + 1, so the block's
+    bias is an ``as_strided`` view with strides (1, 1) of ``line``, the decays at distances dmin .. dmax (about
+    Lk + block of them), computed once per call.
+
+    Causal attention without a window splits each block in two parts whose results are merged through their
+    log-sum-exps: the keys before the block (a view of ``line``, nothing masked) and the block's own keys, the
+    causal square, in their natural order with ``is_causal`` (the kernel skips the masked half) and a dense
+    (block x block) Toeplitz bias, the same for every block. Otherwise (a window, non-causal) one part: the keys
+    the window lets the block see.
+    """
+
+    def __init__(self, lq: int, lk: int, causal: bool, win: Optional[int], block: int) -> None:
+        if win is not None:  # keys per block are block + window: keep the block near the window's size
+            block = min(block, max(win, 64))
+        p0 = lk - lq
+        self.lk, self.p0, self.block = lk, p0, min(block, lq)
+        self.spans: List[Tuple[int, int, List[Part]]] = []
+        split = causal and win is None
+        lo, hi = [], []
+        for s in range(0, lq, block):
+            e = min(s + block, lq)
+            if split:
+                parts = ([(False, 0, p0 + s)] if p0 + s > 0 else []) + [(True, p0 + s, p0 + e)]
+            else:
+                ks = 0 if win is None else max(0, p0 + s - win)
+                ke = p0 + e if causal else (lk if win is None else min(lk, p0 + e + win))
+                parts = [(False, ks, ke)]
+            for diagonal, ks, ke in parts:
+                off = -(e - s - 1) if diagonal else p0 + s - ke + 1
+                lo.append(off)
+                hi.append(off + (e - s) + (ke - ks) - 2)
+            self.spans.append((s, e, parts))
+        self.dmin, self.dmax = min(lo), max(hi)
+        self.split = split
+
+    def distances(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        return torch.arange(self.dmin, self.dmax + 1, device=device, dtype=_bias_dtype(dtype))  # (n,)
+
+    def masks(self, line: Tensor) -> "_BlockMasks":
+        return _BlockMasks(self, line)
+
+    def keys(self, k_rev: Tensor, part: Part) -> Tensor:
+        """A part's keys (or values) from the reversed ones: reversed, or natural order for the causal square."""
+        diagonal, ks, ke = part
+        kb = k_rev[:, :, self.lk - ke : self.lk - ks]
+        return kb.flip(2) if diagonal else kb
+
+
+class _BlockMasks:
+    """The (1, H|1, nq, nk) bias of each part of a ``_Schedule`` from one ``line`` (H|1, n), contiguous."""
+
+    def __init__(self, sched: _Schedule, line: Tensor) -> None:
+        self.sched, self.line = sched, line
+        self.square = None
+        if sched.split:  # the causal square's bias in natural key order, dt = r - c: a Hankel view, flipped
+            n = sched.block
+            hankel = line.as_strided((1, line.shape[0], n, n), (line.numel(), line.shape[1], 1, 1),
+                                     line.storage_offset() - sched.dmin - (n - 1))  # line[r + c - dmin - n + 1]
+            self.square = hankel.flip(-1)  # (1, H|1, block, block)
+
+    def __call__(self, s: int, e: int, part: Part) -> Tensor:
+        diagonal, ks, ke = part
+        if diagonal:
+            return self.square[:, :, : e - s, : e - s]
+        line, sched = self.line, self.sched
+        start = sched.p0 + s - ke + 1 - sched.dmin
+        # 4-D on purpose: SDPA's fused CPU kernel takes a 3-D mask through a much slower path (measured 4x).
+        return line.as_strided((1, line.shape[0], e - s, ke - ks), (line.numel(), line.shape[1], 1, 1),
+                               line.storage_offset() + start)
+
+
+def _flash_cpu_ops():
+    # The fused CPU kernel behind F.scaled_dot_product_attention, called directly because it also returns the row
+    # log-sum-exp (and its backward takes it); None where this torch build lacks it.
+    try:
+        return (torch.ops.aten._scaled_dot_product_flash_attention_for_cpu,
+                torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_FLASH_CPU = _flash_cpu_ops()
+
+
+def _decay_derivative_line(bias: DecayBias, dt: Tensor, alpha: Tensor, win: Optional[int]) -> Tensor:
+    """d line / d alpha, elementwise: (H|1, n); 0 where the line is masked. Autograd on the 1-D line only."""
+    with torch.enable_grad():
+        a = alpha.detach().to(dt.dtype).reshape(-1, 1).expand(-1, dt.shape[0]).clone().requires_grad_(True)
+        line = _bias_line(bias, dt, a, win)
+        (grad,) = torch.autograd.grad(line, a, torch.ones_like(line), allow_unused=True)
+    if grad is None:
+        return torch.zeros_like(a)
+    return torch.where(torch.isfinite(line) & torch.isfinite(grad), grad, torch.zeros_like(grad)).detach()
+
+
+def _merge(parts: List[Tuple[Tensor, Tensor]]) -> Tuple[Tensor, Tensor]:
+    """(output, log-sum-exp) of attention over the union of disjoint key sets, from each set's."""
+    if len(parts) == 1:
+        return parts[0]
+    lse = torch.logsumexp(torch.stack([p[1] for p in parts]), dim=0)
+    out = sum(torch.exp(l - lse).unsqueeze(-1).to(o.dtype) * o for o, l in parts)
+    return out, lse
+
+
+def _flash_blocks(sched: _Schedule, masks: _BlockMasks, q: Tensor, k_rev: Tensor, v_rev: Tensor) -> Tuple[Tensor, Tensor]:
+    """Output (B, H, Lq, D) and row log-sum-exp (B, H, Lq) of the blockwise attention on the fused CPU kernel."""
+    forward_op = _FLASH_CPU[0]
+    out, lse = torch.empty_like(q), None
+    for s, e, parts in sched.spans:
+        results = [forward_op(q[:, :, s:e], sched.keys(k_rev, part), sched.keys(v_rev, part), 0.0, part[0],
+                              attn_mask=masks(s, e, part)) for part in parts]
+        o, l = _merge(results)
+        if lse is None:
+            lse = l.new_empty(q.shape[:3])
+        out[:, :, s:e], lse[:, :, s:e] = o, l
+    return out, lse
+
+
+class _BlockedDecayedAttention(torch.autograd.Function):
+    """Blockwise decayed attention on the fused CPU kernel, with a backward that keeps the forward's memory.
+
+    Saved: q, the reversed k and v, the output and the row log-sum-exp (B, H, Lq), nothing of size Lq x Lk. The
+    backward recomputes each block's probabilities from the log-sum-exp (the FlashAttention-2 backward, the
+    kernel's own, given the whole row's output and log-sum-exp, so a block split in parts stays exact) for dq,
+    dk, dv. The decay's gradient comes from the same blocks: with g = d bias / d alpha,
+
+        d O_i / d alpha = sum_j P_ij g_ij v_j - (sum_j P_ij g_ij) O_i = s exp(lse'_i - lse_i) (O'_i - O_i),
+
+    where O' and lse' are the attention and log-sum-exp under the tilted bias ``bias + log1p(g / s)`` (s scales g
+    so that 1 + g / s > 0; s = -1 for decays that only fall as alpha grows, powerlaw and simpowerlaw). That is one
+    more fused forward per block part, summed over parts, and d alpha = sum_i dO_i . d O_i / d alpha (per head,
+    or summed over heads for one alpha).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, alpha, bias, win, block):
+        sched = _Schedule(q.shape[2], k.shape[2], bias.causal, win, block)
+        dt = sched.distances(q.device, q.dtype)
+        line = _bias_line(bias, dt, alpha.detach().to(dt.dtype).reshape(-1, 1), win).to(q.dtype).contiguous()
+        k_rev, v_rev = k.flip(2), v.flip(2)
+        out, lse = _flash_blocks(sched, sched.masks(line), q, k_rev, v_rev)
+        ctx.save_for_backward(q, k_rev, v_rev, out, lse, alpha)
+        ctx.bias, ctx.win, ctx.sched, ctx.line, ctx.dt = bias, win, sched, line, dt
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k_rev, v_rev, out, lse, alpha = ctx.saved_tensors
+        sched, line, lk = ctx.sched, ctx.line, k_rev.shape[2]
+        forward_op, backward_op = _FLASH_CPU
+        masks = sched.masks(line)
+        dq = torch.empty_like(q)
+        dk_rev, dv_rev = torch.zeros_like(k_rev), torch.zeros_like(v_rev)
+        need_alpha = ctx.needs_input_grad[3]
+        if need_alpha:
+            g = _decay_derivative_line(ctx.bias, ctx.dt, alpha, ctx.win)  # (H|1, n)
+            ones = torch.ones_like(g[:, :1])
+            scale = torch.where((g <= 0).all(dim=1, keepdim=True), -ones,
+                                torch.where((g >= 0).all(dim=1, keepdim=True), ones,
+                                            2 * (-g).amax(dim=1, keepdim=True)))  # (H|1, 1): 1 + g / s > 0
+            tilted = sched.masks((line + torch.log1p(g / scale).to(line.dtype)).contiguous())
+            d_alpha = torch.zeros(q.shape[1], dtype=_bias_dtype(q.dtype), device=q.device)
+        for s, e, parts in sched.spans:
+            qb, ob, lb, gb = q[:, :, s:e], out[:, :, s:e], lse[:, :, s:e], grad_out[:, :, s:e]
+            for part in parts:
+                diagonal, ks, ke = part
+                kb, vb = sched.keys(k_rev, part), sched.keys(v_rev, part)
+                gq, gk, gv = backward_op(gb, qb, kb, vb, ob, lb, 0.0, diagonal, attn_mask=masks(s, e, part))
+                if diagonal:
+                    gk, gv = gk.flip(2), gv.flip(2)
+                if part is parts[0]:
+                    dq[:, :, s:e] = gq
+                else:
+                    dq[:, :, s:e] += gq
+                dk_rev[:, :, lk - ke : lk - ks] += gk
+                dv_rev[:, :, lk - ke : lk - ks] += gv
+                if need_alpha:
+                    o2, l2 = forward_op(qb, kb, vb, 0.0, diagonal, attn_mask=tilted(s, e, part))
+                    weight = torch.exp((l2 - lb).to(d_alpha.dtype))  # (B, H, nq)
+                    d_alpha += (weight * (gb * (o2 - ob)).sum(-1).to(d_alpha.dtype)).sum(dim=(0, 2))
+        grad_alpha = None
+        if need_alpha:
+            per_head = d_alpha * scale.reshape(-1).to(d_alpha.dtype)  # (H,); the scale broadcasts when H|1 is 1
+            grad_alpha = (per_head if alpha.dim() else per_head.sum()).reshape(alpha.shape).to(alpha.dtype)
+        return dq, dk_rev.flip(2), dv_rev.flip(2), grad_alpha, None, None, None
+
+
 def _blocked_attention(
     q: Tensor, k: Tensor, v: Tensor, bias: DecayBias, win: Optional[int], block: int, dropout_p: float, gqa: bool
 ) -> Tensor:
-    # For queries [s, e) (absolute positions p0 + s ..) and keys [ks, ke) taken in reversed order, the distance of
-    # query r to reversed key c is dt = r + c + off with off = p0 + s - ke + 1: a Toeplitz matrix, i.e. an
-    # as_strided view with strides (1, 1) of the 1-D vector decay(off .. off + nq + nk - 2).
-    lq, lk = q.shape[2], k.shape[2]
-    p0 = lk - lq
-    if win is not None:  # keys per block are block + window: keep the block near the window's size
-        block = min(block, max(win, 64))
+    if _FLASH_CPU is not None and q.device.type == "cpu" and dropout_p == 0.0:
+        return _BlockedDecayedAttention.apply(q, k, v, bias.alpha, bias, win, block)
+    # Elsewhere (CUDA, attention dropout): per-block SDPA calls under autograd, on one part per block.
+    lk = k.shape[2]
+    sched = _Schedule(q.shape[2], lk, bias.causal, win if win is not None else lk, block)
+    dt = sched.distances(q.device, q.dtype)
+    line = _bias_line(bias, dt, bias.alpha.to(dt.dtype).reshape(-1, 1), win).to(q.dtype).contiguous()
+    masks = sched.masks(line)
     k_rev, v_rev = k.flip(2), v.flip(2)
-    out = torch.empty_like(q)
-    for s in range(0, lq, block):
-        e = min(s + block, lq)
-        nq = e - s
-        if bias.causal:
-            ke = p0 + e
-            ks = 0 if win is None else max(0, p0 + s - win)
-        else:
-            ke = lk if win is None else min(lk, p0 + e + win)
-            ks = 0 if win is None else max(0, p0 + s - win)
-        nk = ke - ks
-        off = p0 + s - ke + 1
-        dt = torch.arange(off, off + nq + nk - 1, device=q.device, dtype=_bias_dtype(q.dtype))
-        line = bias(dt.unsqueeze(0)).squeeze(1)  # (H|1, nq + nk - 1)
-        if win is not None:
-            line = line.masked_fill(dt.abs() > win, float("-inf"))
-        line = line.to(q.dtype).contiguous()
-        # 4-D on purpose: SDPA's fused CPU kernel takes a 3-D mask through a much slower path (measured 4x).
-        mask = line.as_strided((1, line.shape[0], nq, nk), (line.numel(), line.stride(0), 1, 1))
-        out[:, :, s:e] = F.scaled_dot_product_attention(
-            q[:, :, s:e], k_rev[:, :, lk - ke : lk - ks], v_rev[:, :, lk - ke : lk - ks],
-            attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa,
-        )
-    return out
+    outs = []
+    for s, e, (part,) in sched.spans:
+        outs.append(F.scaled_dot_product_attention(
+            q[:, :, s:e], sched.keys(k_rev, part), sched.keys(v_rev, part), attn_mask=masks(s, e, part),
+            dropout_p=dropout_p, enable_gqa=gqa,
+        ))
+    return torch.cat(outs, dim=2)
 
 
 class GroupedQueryAttention(nn.Module):
