@@ -18,9 +18,13 @@ Decays, as in the Powerformer authors' ``Causal_local_masks.py`` (``alpha`` is t
 
 ``cutoff`` (and ``max_context``) mask dt > window, so a query sees at most ``window + 1`` keys. Evaluation is
 blockwise for long inputs: for each block of queries the bias is a Toeplitz matrix, taken as an ``as_strided``
-view of one short vector of decays over keys in reversed order, and handed to the fused
-``F.scaled_dot_product_attention``. No L x L bias is ever materialised, and with a window only the keys inside
-it are visited, so the cost is O(L * window).
+view of one vector of decays over keys in reversed order (computed once per call), and handed to the fused
+kernel of ``F.scaled_dot_product_attention``. No L x L bias is ever materialised, and with a window only the keys
+inside it are visited, so the cost is O(L * window).
+
+Training keeps that memory: on CPU the blocks run on the fused kernel directly, which also returns each row's
+log-sum-exp, and a custom backward saves only q, k, v, the output and the log-sum-exp and recomputes each block's
+probabilities (FlashAttention-2), the gradient of a learnable alpha included (see ``_BlockedDecayedAttention``).
 """
 
 from __future__ import annotations
@@ -243,6 +247,11 @@ def decayed_attention(
     (1, H|1, Lq, Lk) instead, whose shapes stay symbolic; so do eager calls with at most min(16, block_size)
     queries (decode steps), where the dense bias is O(Lk). In eager mode a trivial bias (causal only) goes straight
     to SDPA: ``is_causal`` when Lq == Lk, no mask for a single query.
+
+    Gradients: every input, ``bias.alpha`` included when it is a parameter. On CPU without dropout the blockwise
+    path has its own backward that stores O(Lq) per head (no probabilities) and gives exact gradients of q, k, v
+    and alpha (scalar or per head); elsewhere (CUDA, attention dropout) autograd runs through the per-block SDPA
+    calls. Double backward is not supported on the blockwise CPU path.
     """
     lq, lk = q.shape[2], k.shape[2]
     groups = q.shape[1] // k.shape[1] if kv_groups is None else kv_groups
@@ -285,6 +294,31 @@ def dense_bias(bias: DecayBias, lq: int, lk: int, window: Optional[int], dtype: 
     if window is not None:
         mask = mask.masked_fill(dt.abs() > window, float("-inf"))
     return mask.to(dtype).unsqueeze(0)
+
+
+def dense_weights(q: Tensor, k: Tensor, mask: Optional[Tensor], scale: Optional[float] = None) -> Tensor:
+    """``softmax(q k^T * scale + mask)``: attention weights, densely, for the paths that must return them
+    (inspection, ``output_attentions``, padding masks) and for exports.
+
+    q: (B, H, Lq, D); k: (B, Hkv, Lk, D), Hkv dividing H (each kv head serves H / Hkv consecutive query heads);
+    mask: None or an additive bias broadcastable to (B, H, Lq, Lk), ``-inf`` where masked; scale: default
+    1 / sqrt(D). Returns (B, H, Lq, Lk); multiply by the values (repeated likewise) for the output.
+    """
+    k = _expand_kv(k, q.shape[1] // k.shape[1])
+    scores = q @ k.transpose(-1, -2) * (1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
+    if mask is not None:
+        scores = scores + mask.to(scores.dtype)
+    return torch.softmax(scores, dim=-1)
+
+
+def trim_cache(cache: KVCache, keep: Optional[int]) -> KVCache:
+    """The last ``keep`` positions of a (key, value) cache (None: all of them; 0: none)."""
+    k, v = cache
+    if keep is None:
+        return k, v
+    if keep == 0:  # k[:, :, -0:] would be everything
+        return k[:, :, :0], v[:, :, :0]
+    return k[:, :, -keep:], v[:, :, -keep:]
 
 
 def _bias_line(bias: DecayBias, dt: Tensor, alpha: Tensor, win: Optional[int]) -> Tensor:
@@ -526,6 +560,10 @@ class GroupedQueryAttention(nn.Module):
         dropout: attention dropout while training. bias: use biases in the projections.
         block_size: queries per block of the eager, blockwise evaluation (see ``decayed_attention``).
 
+    ``step(x, past=None, window=None) -> (y, present)``: ``forward`` with a per-call ``window`` (on top of
+    ``max_context``) and, as ``past``, optionally a cache object filled in place (see ``step``); the one
+    implementation that ``tsattn.models`` adapts.
+
     ``forward(x, past=None) -> (y, present)``
         x: (B, L, d_model); past: None or (key, value), each (B, n_kv_heads, P, head_dim).
         y: (B, L, d_model); present: (key, value) of the past and new positions, trimmed to the window, each
@@ -595,31 +633,55 @@ class GroupedQueryAttention(nn.Module):
         return q, k, v
 
     def _present(self, k: Tensor, v: Tensor) -> KVCache:
-        win = self.window
-        if win is None:
-            return k, v
-        if win == 0:  # only the query itself is ever attended: nothing to keep
-            return k[:, :, :0], v[:, :, :0]
-        return k[:, :, -win:], v[:, :, -win:]
+        return trim_cache((k, v), self.window)
 
-    def forward(self, x: Tensor, past: Optional[KVCache] = None) -> Tuple[Tensor, KVCache]:
-        q, k, v = self._project(x, past)
+    def call_window(self, window: Optional[int] = None) -> Optional[int]:
+        """The largest distance a ``step`` with ``window`` lets a query see: window and max_context combined."""
+        limits = [w for w in (window, self.max_context) if w is not None]
+        return min(limits) if limits else None
+
+    def kept_length(self, window: Optional[int] = None) -> Optional[int]:
+        """Past positions a ``step`` with ``window`` keeps in its present (None: all of them)."""
+        limits = [w for w in (self.call_window(window), self.decay.window) if w is not None]
+        return min(limits) if limits else None
+
+    def step(self, x: Tensor, past=None, window: Optional[int] = None):
+        """One call of the attention: ``forward`` with a per-call ``window`` and an optional in-place cache.
+
+        x: (B, L, d_model), the L positions after the P of ``past``. ``past``: None, ``(key, value)`` (each
+        (B, n_kv_heads, P, head_dim)), or a cache object with ``append(k, v) -> (key, value)`` (the new positions
+        added after the cached ones, all of them returned) and ``trim(keep)`` (forget all but the last ``keep``;
+        None keeps all), which is filled in place and returned as the present. ``window``: a query sees at most
+        this many earlier positions, on top of ``max_context`` (None: max_context alone).
+        Returns ``(y (B, L, d_model), present)``: present the past and new keys/values trimmed to
+        ``kept_length(window)``, or the cache object itself.
+        """
+        q, k, v = self._project(x, None)
+        stateful = past is not None and not isinstance(past, (tuple, list))
+        if stateful:
+            k, v = past.append(k, v)  # (B, Hkv, P + L, D)
+        elif past is not None:
+            k = torch.cat([past[0].to(k.dtype), k], dim=2)  # (B, Hkv, P + L, D)
+            v = torch.cat([past[1].to(v.dtype), v], dim=2)
         y = decayed_attention(
-            q, k, v, self.decay, window=self.max_context, block_size=self.block_size,
+            q, k, v, self.decay, window=self.call_window(window), block_size=self.block_size,
             dropout_p=self.dropout if self.training else 0.0, kv_groups=self.n_heads // self.n_kv_heads,
         )  # (B, H, L, D)
         b, _, l, _ = y.shape
         y = self.out_proj(y.transpose(1, 2).reshape(b, l, self.n_heads * self.head_dim))
-        return y, self._present(k, v)
+        if stateful:
+            past.trim(self.kept_length(window))
+            return y, past
+        return y, trim_cache((k, v), self.kept_length(window))
+
+    def forward(self, x: Tensor, past: Optional[KVCache] = None) -> Tuple[Tensor, KVCache]:
+        return self.step(x, past)
 
     @torch.no_grad()
     def attention_weights(self, x: Tensor, past: Optional[KVCache] = None) -> Tensor:
         """The softmax weights the forward pass uses, densely: (B, H, L, P + L). For inspection and analysis."""
         q, k, _ = self._project(x, past)
-        k = _expand_kv(k, self.n_heads // self.n_kv_heads)
-        bias = dense_bias(self.decay, q.shape[2], k.shape[2], self.window, q.dtype, q.device)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + bias  # (B, H, Lq, Lk)
-        return torch.softmax(scores, dim=-1)
+        return dense_weights(q, k, dense_bias(self.decay, q.shape[2], k.shape[2], self.window, q.dtype, q.device))
 
 
 class WCMHA(GroupedQueryAttention):
