@@ -384,11 +384,14 @@ GRAD_PATHS = [
     (50, 50, 16, 9, None),      # windowed by the decay's cutoff
     (45, 70, 16, None, 12),     # windowed by the call's window (max_context), after a cache
 ]
+# blocks larger than the causal squares (256): a block's rows take the keys before the block, the block's keys
+# before them and their own square, merged through log-sum-exps
+LONG_GRAD_PATHS = [(600, 600, 512, None, None), (530, 700, 512, None, None)]
 
 
 @pytest.mark.parametrize("decay,alpha", [("powerlaw", 0.9), ("simpowerlaw", 0.6)])
 @pytest.mark.parametrize("per_head", [False, True], ids=["scalar", "per_head"])
-@pytest.mark.parametrize("lq,lk,block,cutoff,window", GRAD_PATHS)
+@pytest.mark.parametrize("lq,lk,block,cutoff,window", GRAD_PATHS + LONG_GRAD_PATHS)
 @pytest.mark.parametrize("n_kv", [4, 2, 1], ids=["mha", "gqa", "mqa"])
 def test_gradients_of_q_k_v_and_alpha_equal_the_float64_dense_reference(decay, alpha, per_head, lq, lk, block,
                                                                         cutoff, window, n_kv):
@@ -485,3 +488,16 @@ def test_module_training_step_with_learnable_alpha_matches_dense_reference():
     reference_module(m, x, _torch_reference_bias("powerlaw", a, 70, 70)).pow(2).sum().backward()
     for n, p in m.named_parameters():
         assert torch.allclose(ours[n], p.grad, atol=1e-10, rtol=1e-9), n
+
+
+def test_attention_dropout_while_training_takes_autograd_through_sdpa_and_gets_gradients():
+    torch.manual_seed(7)
+    m = WCMHA(32, 4, alpha=0.9, learnable_alpha=True, dropout=0.5, block_size=BLOCK).train()
+    x = torch.randn(1, 60, 32)
+    m(x)[0].sum().backward()
+    assert m.decay.alpha.grad is not None and torch.isfinite(m.decay.alpha.grad).all()
+    m.eval()
+    with torch.no_grad():  # without dropout the same module is the blockwise CPU path
+        y = m(x)[0]
+    ref = reference_module(m, x, _torch_reference_bias("powerlaw", m.decay.alpha.detach().double(), 60, 60))
+    assert (y.double() - ref).abs().max() < 1e-5

@@ -330,48 +330,53 @@ def _bias_line(bias: DecayBias, dt: Tensor, alpha: Tensor, win: Optional[int]) -
     return line
 
 
-Part = Tuple[bool, int, int]  # (diagonal, ks, ke): keys [ks, ke) of a block; diagonal: the causal square
+Part = Tuple[bool, int, int, int, int]  # (diagonal, qs, qe, ks, ke): queries [qs, qe) and keys [ks, ke)
+_SQUARE = 256  # side of the causal squares of the split schedule (a dense bias this size is built once per call)
 
 
 class _Schedule:
     """The blocks of one blockwise call and the bias along every distance they meet, as one vector ``line``.
 
-    Queries go ``block`` at a time, [s, e) at absolute positions p0 + s .. (p0 = Lk - Lq: a cache precedes them).
-    Keys taken in reversed order make the bias a Toeplitz matrix in the order of the kernel's rows and columns:
-    query r and reversed key c of keys [ks, ke) are dt = r + c + off apart, off = p0 + s - ke + 1, so the block's
-    bias is an ``as_strided`` view with strides (1, 1) of ``line``, the decays at distances dmin .. dmax (about
-    Lk + block of them), computed once per call.
+    Queries go ``block`` at a time, [s, e) at absolute positions p0 + s .. (p0 = Lk - Lq: a cache precedes them),
+    each block in parts (queries [qs, qe) of the block and some of its keys [ks, ke)). Keys taken in reversed
+    order make the bias a Toeplitz matrix in the order of the kernel's rows and columns: query r and reversed key
+    c are dt = r + c + off apart, off = p0 + qs - ke + 1, so a part's bias is an ``as_strided`` view with strides
+    (1, 1) of ``line``, the decays at distances dmin .. dmax (about Lk + block of them), computed once per call.
 
-    Causal attention without a window splits each block in two parts whose results are merged through their
-    log-sum-exps: the keys before the block (a view of ``line``, nothing masked) and the block's own keys, the
-    causal square, in their natural order with ``is_causal`` (the kernel skips the masked half) and a dense
-    (block x block) Toeplitz bias, the same for every block. Otherwise (a window, non-causal) one part: the keys
-    the window lets the block see.
+    Causal attention without a window splits each block so that the kernel skips the masked half of the causal
+    diagonal: the keys before the block, for all its queries (one view of ``line``, nothing masked); then, for
+    each ``_SQUARE`` queries of the block, the block's keys before them (a view) and their own causal square, in
+    natural key order with ``is_causal`` and one dense Toeplitz bias built once. The parts of a row are merged
+    through their log-sum-exps. Otherwise (a window, non-causal) one part per block: the keys the window lets the
+    block see.
     """
 
     def __init__(self, lq: int, lk: int, causal: bool, win: Optional[int], block: int) -> None:
         if win is not None:  # keys per block are block + window: keep the block near the window's size
             block = min(block, max(win, 64))
         p0 = lk - lq
-        self.lk, self.p0, self.block = lk, p0, min(block, lq)
+        self.lk, self.p0 = lk, p0
+        self.split = causal and win is None
+        self.square = min(_SQUARE, block, lq)
         self.spans: List[Tuple[int, int, List[Part]]] = []
-        split = causal and win is None
-        lo, hi = [], []
         for s in range(0, lq, block):
             e = min(s + block, lq)
-            if split:
-                parts = ([(False, 0, p0 + s)] if p0 + s > 0 else []) + [(True, p0 + s, p0 + e)]
+            if self.split:
+                parts = [(False, s, e, 0, p0 + s)] if p0 + s > 0 else []
+                for qs in range(s, e, self.square):
+                    qe = min(qs + self.square, e)
+                    if qs > s:
+                        parts.append((False, qs, qe, p0 + s, p0 + qs))
+                    parts.append((True, qs, qe, p0 + qs, p0 + qe))
             else:
                 ks = 0 if win is None else max(0, p0 + s - win)
                 ke = p0 + e if causal else (lk if win is None else min(lk, p0 + e + win))
-                parts = [(False, ks, ke)]
-            for diagonal, ks, ke in parts:
-                off = -(e - s - 1) if diagonal else p0 + s - ke + 1
-                lo.append(off)
-                hi.append(off + (e - s) + (ke - ks) - 2)
+                parts = [(False, s, e, ks, ke)]
             self.spans.append((s, e, parts))
-        self.dmin, self.dmax = min(lo), max(hi)
-        self.split = split
+        offs = [(-(qe - qs - 1) if d else p0 + qs - ke + 1, qe - qs, ke - ks)
+                for _, _, parts in self.spans for d, qs, qe, ks, ke in parts]
+        self.dmin = min(off for off, _, _ in offs)
+        self.dmax = max(off + nq + nk - 2 for off, nq, nk in offs)
 
     def distances(self, device: torch.device, dtype: torch.dtype) -> Tensor:
         return torch.arange(self.dmin, self.dmax + 1, device=device, dtype=_bias_dtype(dtype))  # (n,)
@@ -380,8 +385,8 @@ class _Schedule:
         return _BlockMasks(self, line)
 
     def keys(self, k_rev: Tensor, part: Part) -> Tensor:
-        """A part's keys (or values) from the reversed ones: reversed, or natural order for the causal square."""
-        diagonal, ks, ke = part
+        """A part's keys (or values) from the reversed ones: reversed, or natural order for a causal square."""
+        diagonal, _, _, ks, ke = part
         kb = k_rev[:, :, self.lk - ke : self.lk - ks]
         return kb.flip(2) if diagonal else kb
 
@@ -393,19 +398,19 @@ class _BlockMasks:
         self.sched, self.line = sched, line
         self.square = None
         if sched.split:  # the causal square's bias in natural key order, dt = r - c: a Hankel view, flipped
-            n = sched.block
+            n = sched.square
             hankel = line.as_strided((1, line.shape[0], n, n), (line.numel(), line.shape[1], 1, 1),
                                      line.storage_offset() - sched.dmin - (n - 1))  # line[r + c - dmin - n + 1]
-            self.square = hankel.flip(-1)  # (1, H|1, block, block)
+            self.square = hankel.flip(-1)  # (1, H|1, n, n)
 
-    def __call__(self, s: int, e: int, part: Part) -> Tensor:
-        diagonal, ks, ke = part
+    def __call__(self, part: Part) -> Tensor:
+        diagonal, qs, qe, ks, ke = part
         if diagonal:
-            return self.square[:, :, : e - s, : e - s]
+            return self.square[:, :, : qe - qs, : qe - qs]
         line, sched = self.line, self.sched
-        start = sched.p0 + s - ke + 1 - sched.dmin
+        start = sched.p0 + qs - ke + 1 - sched.dmin
         # 4-D on purpose: SDPA's fused CPU kernel takes a 3-D mask through a much slower path (measured 4x).
-        return line.as_strided((1, line.shape[0], e - s, ke - ks), (line.numel(), line.shape[1], 1, 1),
+        return line.as_strided((1, line.shape[0], qe - qs, ke - ks), (line.numel(), line.shape[1], 1, 1),
                                line.storage_offset() + start)
 
 
@@ -433,26 +438,31 @@ def _decay_derivative_line(bias: DecayBias, dt: Tensor, alpha: Tensor, win: Opti
     return torch.where(torch.isfinite(line) & torch.isfinite(grad), grad, torch.zeros_like(grad)).detach()
 
 
-def _merge(parts: List[Tuple[Tensor, Tensor]]) -> Tuple[Tensor, Tensor]:
-    """(output, log-sum-exp) of attention over the union of disjoint key sets, from each set's."""
-    if len(parts) == 1:
-        return parts[0]
-    lse = torch.logsumexp(torch.stack([p[1] for p in parts]), dim=0)
-    out = sum(torch.exp(l - lse).unsqueeze(-1).to(o.dtype) * o for o, l in parts)
-    return out, lse
-
-
 def _flash_blocks(sched: _Schedule, masks: _BlockMasks, q: Tensor, k_rev: Tensor, v_rev: Tensor) -> Tuple[Tensor, Tensor]:
-    """Output (B, H, Lq, D) and row log-sum-exp (B, H, Lq) of the blockwise attention on the fused CPU kernel."""
+    """Output (B, H, Lq, D) and row log-sum-exp (B, H, Lq) of the blockwise attention on the fused CPU kernel.
+
+    A row's parts (disjoint sets of keys) are merged on the fly: lse = logaddexp(lse_a, lse_b),
+    out = exp(lse_a - lse) out_a + exp(lse_b - lse) out_b.
+    """
     forward_op = _FLASH_CPU[0]
     out, lse = torch.empty_like(q), None
-    for s, e, parts in sched.spans:
-        results = [forward_op(q[:, :, s:e], sched.keys(k_rev, part), sched.keys(v_rev, part), 0.0, part[0],
-                              attn_mask=masks(s, e, part)) for part in parts]
-        o, l = _merge(results)
-        if lse is None:
-            lse = l.new_empty(q.shape[:3])
-        out[:, :, s:e], lse[:, :, s:e] = o, l
+    for s, _, parts in sched.spans:
+        covered = s  # rows [s, covered) of this block have a part already (parts come in that order)
+        for part in parts:
+            diagonal, qs, qe, _, _ = part
+            o, l = forward_op(q[:, :, qs:qe], sched.keys(k_rev, part), sched.keys(v_rev, part), 0.0, diagonal,
+                              attn_mask=masks(part))
+            if lse is None:
+                lse = l.new_empty(q.shape[:3])
+            if qs >= covered:  # the first part of these rows
+                out[:, :, qs:qe], lse[:, :, qs:qe] = o, l
+                covered = qe
+                continue
+            prev = lse[:, :, qs:qe]
+            new = torch.logaddexp(prev, l)
+            out[:, :, qs:qe] = (torch.exp(prev - new).unsqueeze(-1).to(o.dtype) * out[:, :, qs:qe]
+                                + torch.exp(l - new).unsqueeze(-1).to(o.dtype) * o)
+            lse[:, :, qs:qe] = new
     return out, lse
 
 
@@ -489,8 +499,7 @@ class _BlockedDecayedAttention(torch.autograd.Function):
         sched, line, lk = ctx.sched, ctx.line, k_rev.shape[2]
         forward_op, backward_op = _FLASH_CPU
         masks = sched.masks(line)
-        dq = torch.empty_like(q)
-        dk_rev, dv_rev = torch.zeros_like(k_rev), torch.zeros_like(v_rev)
+        dq, dk_rev, dv_rev = torch.zeros_like(q), torch.zeros_like(k_rev), torch.zeros_like(v_rev)
         need_alpha = ctx.needs_input_grad[3]
         if need_alpha:
             g = _decay_derivative_line(ctx.bias, ctx.dt, alpha, ctx.win)  # (H|1, n)
@@ -500,22 +509,19 @@ class _BlockedDecayedAttention(torch.autograd.Function):
                                             2 * (-g).amax(dim=1, keepdim=True)))  # (H|1, 1): 1 + g / s > 0
             tilted = sched.masks((line + torch.log1p(g / scale).to(line.dtype)).contiguous())
             d_alpha = torch.zeros(q.shape[1], dtype=_bias_dtype(q.dtype), device=q.device)
-        for s, e, parts in sched.spans:
-            qb, ob, lb, gb = q[:, :, s:e], out[:, :, s:e], lse[:, :, s:e], grad_out[:, :, s:e]
+        for _, _, parts in sched.spans:
             for part in parts:
-                diagonal, ks, ke = part
+                diagonal, qs, qe, ks, ke = part
+                qb, ob, lb, gb = q[:, :, qs:qe], out[:, :, qs:qe], lse[:, :, qs:qe], grad_out[:, :, qs:qe]
                 kb, vb = sched.keys(k_rev, part), sched.keys(v_rev, part)
-                gq, gk, gv = backward_op(gb, qb, kb, vb, ob, lb, 0.0, diagonal, attn_mask=masks(s, e, part))
+                gq, gk, gv = backward_op(gb, qb, kb, vb, ob, lb, 0.0, diagonal, attn_mask=masks(part))
                 if diagonal:
                     gk, gv = gk.flip(2), gv.flip(2)
-                if part is parts[0]:
-                    dq[:, :, s:e] = gq
-                else:
-                    dq[:, :, s:e] += gq
+                dq[:, :, qs:qe] += gq
                 dk_rev[:, :, lk - ke : lk - ks] += gk
                 dv_rev[:, :, lk - ke : lk - ks] += gv
                 if need_alpha:
-                    o2, l2 = forward_op(qb, kb, vb, 0.0, diagonal, attn_mask=tilted(s, e, part))
+                    o2, l2 = forward_op(qb, kb, vb, 0.0, diagonal, attn_mask=tilted(part))
                     weight = torch.exp((l2 - lb).to(d_alpha.dtype))  # (B, H, nq)
                     d_alpha += (weight * (gb * (o2 - ob)).sum(-1).to(d_alpha.dtype)).sum(dim=(0, 2))
         grad_alpha = None
@@ -538,9 +544,9 @@ def _blocked_attention(
     masks = sched.masks(line)
     k_rev, v_rev = k.flip(2), v.flip(2)
     outs = []
-    for s, e, (part,) in sched.spans:
+    for _, _, (part,) in sched.spans:
         outs.append(F.scaled_dot_product_attention(
-            q[:, :, s:e], sched.keys(k_rev, part), sched.keys(v_rev, part), attn_mask=masks(s, e, part),
+            q[:, :, part[1] : part[2]], sched.keys(k_rev, part), sched.keys(v_rev, part), attn_mask=masks(part),
             dropout_p=dropout_p, enable_gqa=gqa,
         ))
     return torch.cat(outs, dim=2)
