@@ -501,3 +501,63 @@ def test_attention_dropout_while_training_takes_autograd_through_sdpa_and_gets_g
         y = m(x)[0]
     ref = reference_module(m, x, _torch_reference_bias("powerlaw", m.decay.alpha.detach().double(), 60, 60))
     assert (y.double() - ref).abs().max() < 1e-5
+
+
+# ------------------------------------------------------------------------------------- one attention core (#21)
+
+def test_step_with_a_window_equals_forward_with_that_max_context_and_trims_the_same():
+    torch.manual_seed(9)
+    m = GroupedQueryAttention(32, 4, n_kv_heads=2, decay="powerlaw", alpha=0.8, block_size=BLOCK).double().eval()
+    w = GroupedQueryAttention(32, 4, n_kv_heads=2, decay="powerlaw", alpha=0.8, block_size=BLOCK,
+                              max_context=6).double().eval()
+    w.load_state_dict(m.state_dict())
+    x = torch.randn(2, 40, 32, dtype=torch.float64)
+    past = (torch.randn(2, 2, 9, 8, dtype=torch.float64), torch.randn(2, 2, 9, 8, dtype=torch.float64))
+    y, present = m.step(x, past, window=6)
+    y_w, present_w = w(x, past)
+    assert torch.allclose(y, y_w, atol=1e-12) and present[0].shape[2] == 6
+    assert all(torch.equal(a, b) for a, b in zip(present, present_w))
+    assert m.kept_length(6) == 6 and m.kept_length(None) is None and w.kept_length(10) == 6
+
+
+def test_step_fills_a_cache_object_in_place():
+    class Cache:  # the duck type step accepts: append(k, v) -> (key, value), trim(keep)
+        def __init__(self):
+            self.k = self.v = None
+            self.kept = []
+
+        def append(self, k, v):
+            self.k = k if self.k is None else torch.cat([self.k, k], 2)
+            self.v = v if self.v is None else torch.cat([self.v, v], 2)
+            return self.k, self.v
+
+        def trim(self, keep):
+            self.kept.append(keep)
+            if keep is not None:
+                self.k, self.v = self.k[:, :, -keep:], self.v[:, :, -keep:]
+
+    torch.manual_seed(10)
+    m = GroupedQueryAttention(32, 4, decay="powerlaw", alpha=1.0, cutoff=5, block_size=BLOCK).double().eval()
+    x = torch.randn(1, 12, 32, dtype=torch.float64)
+    cache = Cache()
+    ys = [m.step(x[:, i : i + 3], cache)[0] for i in range(0, 12, 3)]
+    assert m.step(x[:, :0], cache)[1] is cache and cache.kept[:4] == [5, 5, 5, 5] and cache.k.shape[2] == 5
+    assert torch.allclose(torch.cat(ys, 1), m(x)[0], atol=1e-12)
+
+
+def test_dense_weights_is_the_softmax_of_scaled_scores_plus_bias_with_kv_heads_repeated():
+    g = torch.Generator().manual_seed(11)
+    q = torch.randn(2, 4, 5, 8, dtype=torch.float64, generator=g)
+    k = torch.randn(2, 2, 7, 8, dtype=torch.float64, generator=g)
+    mask = torch.randn(1, 4, 5, 7, dtype=torch.float64, generator=g)
+    mask[..., 0, 3:] = -math.inf
+    from tsattn.modules import dense_weights
+
+    got = dense_weights(q, k, mask, scale=0.3)
+    kr = k.repeat_interleave(2, 1).numpy()
+    scores = np.einsum("bhqd,bhkd->bhqk", q.numpy(), kr) * 0.3 + mask.numpy()
+    want = np.exp(scores - scores.max(-1, keepdims=True))
+    want /= want.sum(-1, keepdims=True)
+    assert np.allclose(got.numpy(), want, atol=1e-14) and (got[..., 0, 3:] == 0).all()
+    assert torch.allclose(dense_weights(q, k, None), torch.softmax(
+        q @ k.repeat_interleave(2, 1).transpose(-1, -2) / math.sqrt(8), -1), atol=1e-14)
