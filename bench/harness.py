@@ -24,15 +24,23 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = time.perf_counter  # set from --clock in each case's process
+
+
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``fn()`` in milliseconds over ``repeats`` runs, after ``warmup`` untimed runs."""
+    """Median time of ``fn()`` in milliseconds over ``repeats`` runs, after ``warmup`` untimed runs.
+
+    Wall time by default; with ``--clock cpu`` the process's CPU time (all its threads), which other jobs on a
+    loaded machine disturb less (use it with ``--threads 1``: idle threads that spin count as CPU time).
+    """
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = _clock()
         fn()
-        times.append((time.perf_counter() - t0) * 1e3)
+        times.append((_clock() - t0) * 1e3)
     return statistics.median(times)
 
 
@@ -57,11 +65,16 @@ def main(
     default_repeats: int = 3,
     select: Optional[Callable[[Dict, argparse.Namespace], bool]] = None,
     add_arguments: Optional[Callable[[argparse.ArgumentParser], None]] = None,
+    finish: Optional[Callable[[List[Dict]], List[Dict]]] = None,
 ) -> int:
+    """Run the selected ``cases``, each in its own process; ``finish(rows) -> rows`` may add columns computed
+    across cases (ratios within the run) before the table and the JSON are written."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--json", metavar="PATH", help="also write the results as a JSON list to PATH")
     parser.add_argument("--repeats", type=int, default=default_repeats, help="timed runs per case (median)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per case (default 2)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall (default) or cpu: the process's CPU time, steadier on a loaded machine")
     parser.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     if add_arguments:
         add_arguments(parser)
@@ -69,6 +82,9 @@ def main(
 
     if args.case:
         import torch
+
+        global _clock
+        _clock = CLOCKS[args.clock]
 
         torch.set_num_threads(args.threads)
         print(json.dumps(run_case(json.loads(args.case), args.repeats)))
@@ -80,12 +96,14 @@ def main(
     for i, case in enumerate(chosen, 1):
         print(f"[{i}/{len(chosen)}] {json.dumps(case)}", file=sys.stderr, flush=True)
         cmd = [sys.executable, sys.argv[0], "--case", json.dumps(case), "--repeats", str(args.repeats),
-               "--threads", str(args.threads)]
+               "--threads", str(args.threads), "--clock", args.clock]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             print(proc.stderr, file=sys.stderr)
             raise SystemExit(f"case {case} failed with exit code {proc.returncode}")
         results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    if finish is not None:
+        results = finish(results)
     print_table(results, columns)
     if args.json:
         with open(args.json, "w") as f:

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reference import reference_bias, reference_module, upstream_decay
+from reference import reference_attention, reference_bias, reference_module, upstream_decay
 from tsattn.modules import DecayBias, GroupedQueryAttention, WCMHA, decayed_attention, dense_bias
 
 BLOCK = 16
@@ -353,3 +353,211 @@ def test_decayed_attention_functional_gqa_matches_expanded():
     got = decayed_attention(q, k, v, bias, block_size=BLOCK)
     want = decayed_attention(q, k.expand(2, 4, 50, 8), v.expand(2, 4, 50, 8), bias, block_size=1000)
     assert (got - want).abs().max() < 1e-5
+
+
+# ------------------------------------------------------------------------------------ training path (issue #21)
+
+def _torch_reference_bias(decay, alpha, lq, lk, causal=True, cutoff=None, window=None):
+    """The bias in float64 from the decay's formula, differentiable in ``alpha`` (scalar or (H,)): (H|1, Lq, Lk)."""
+    q_pos = torch.arange(lq, dtype=torch.float64) + (lk - lq)
+    dt = q_pos[:, None] - torch.arange(lk, dtype=torch.float64)[None, :]
+    dist = dt if causal else dt.abs()
+    a = alpha.reshape(-1, 1, 1)
+    d = dist.clamp(min=0)
+    if decay == "powerlaw":
+        bias = -a * torch.log(d + 1)
+    else:  # simpowerlaw: -(dt ** alpha), with 0 ** alpha = 0 and its alpha-derivative 0 at dt = 0 (alpha > 0)
+        bias = -torch.where(d > 0, torch.exp(a * torch.log(d.clamp(min=1))), torch.zeros_like(a * d))
+    masked = dist < 0
+    for limit in (cutoff, window):
+        if limit is not None:
+            masked = masked | (dt.abs() > limit)
+    return bias.masked_fill(masked, -math.inf)
+
+
+# (lq, lk, block_size, cutoff, window): every path of decayed_attention
+GRAD_PATHS = [
+    (5, 5, 16, None, None),     # dense: few queries
+    (4, 30, 16, None, None),    # dense, after a cache
+    (50, 50, 16, None, None),   # blocked, causal blocks split in the keys before and the causal square
+    (37, 60, 16, None, None),   # blocked after a cache, a partial last block
+    (50, 50, 16, 9, None),      # windowed by the decay's cutoff
+    (45, 70, 16, None, 12),     # windowed by the call's window (max_context), after a cache
+]
+# blocks larger than the causal squares (256): a block's rows take the keys before the block, the block's keys
+# before them and their own square, merged through log-sum-exps
+LONG_GRAD_PATHS = [(600, 600, 512, None, None), (530, 700, 512, None, None)]
+
+
+@pytest.mark.parametrize("decay,alpha", [("powerlaw", 0.9), ("simpowerlaw", 0.6)])
+@pytest.mark.parametrize("per_head", [False, True], ids=["scalar", "per_head"])
+@pytest.mark.parametrize("lq,lk,block,cutoff,window", GRAD_PATHS + LONG_GRAD_PATHS)
+@pytest.mark.parametrize("n_kv", [4, 2, 1], ids=["mha", "gqa", "mqa"])
+def test_gradients_of_q_k_v_and_alpha_equal_the_float64_dense_reference(decay, alpha, per_head, lq, lk, block,
+                                                                        cutoff, window, n_kv):
+    g = torch.Generator().manual_seed(lq * 100 + lk)
+    bias = DecayBias(decay, alpha, n_heads=4, learnable_alpha=True, per_head_alpha=per_head, cutoff=cutoff).double()
+    if per_head:
+        with torch.no_grad():
+            bias.alpha.copy_(torch.tensor([0.3, 0.7, 1.2, 1.9]) * alpha)
+    q = torch.randn(2, 4, lq, 8, dtype=torch.float64, generator=g).requires_grad_(True)
+    k, v = (torch.randn(2, n_kv, lk, 8, dtype=torch.float64, generator=g).requires_grad_(True) for _ in range(2))
+    grad = torch.randn(2, 4, lq, 8, dtype=torch.float64, generator=g)
+    y = decayed_attention(q, k, v, bias, window=window, block_size=block)
+    ours = torch.autograd.grad(y, (q, k, v, bias.alpha), grad)
+
+    a = bias.alpha.detach().clone().requires_grad_(True)
+    rep = 4 // n_kv
+    ref_bias = _torch_reference_bias(decay, a, lq, lk, cutoff=cutoff, window=window)
+    y_ref = reference_attention(q, k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1), ref_bias)
+    want = torch.autograd.grad(y_ref, (q, k, v, a), grad)
+    assert (y - y_ref).abs().max() < 1e-12
+    for name, got, exp in zip(("q", "k", "v", "alpha"), ours, want):
+        assert got.shape == exp.shape, name
+        assert torch.allclose(got, exp, atol=1e-11, rtol=1e-10), (name, (got - exp).abs().max())
+    assert ours[3].abs().min() > 0
+
+
+@pytest.mark.parametrize("per_head", [False, True], ids=["scalar", "per_head"])
+def test_non_causal_blocked_gradients_equal_the_float64_reference(per_head):
+    g = torch.Generator().manual_seed(3)
+    bias = DecayBias("powerlaw", 0.8, n_heads=4, learnable_alpha=True, per_head_alpha=per_head, causal=False).double()
+    q, k, v = (torch.randn(1, 4, 40, 8, dtype=torch.float64, generator=g).requires_grad_(True) for _ in range(3))
+    grad = torch.randn(1, 4, 40, 8, dtype=torch.float64, generator=g)
+    ours = torch.autograd.grad(decayed_attention(q, k, v, bias, block_size=16), (q, k, v, bias.alpha), grad)
+    a = bias.alpha.detach().clone().requires_grad_(True)
+    y_ref = reference_attention(q, k, v, _torch_reference_bias("powerlaw", a, 40, 40, causal=False))
+    for got, exp in zip(ours, torch.autograd.grad(y_ref, (q, k, v, a), grad)):
+        assert torch.allclose(got, exp, atol=1e-11, rtol=1e-10)
+
+
+@pytest.mark.parametrize("decay,alpha,kw", [("powerlaw", 1.0, {}), ("butterworth", 20.0, {}), ("step", 5.0, {}),
+                                            ("none", 1.0, {"cutoff": 7})])
+def test_fixed_decays_give_the_float64_reference_gradients_of_q_k_v(decay, alpha, kw):
+    g = torch.Generator().manual_seed(4)
+    bias = DecayBias(decay, alpha, **kw).double()
+    q, k, v = (torch.randn(1, 4, 60, 8, dtype=torch.float64, generator=g).requires_grad_(True) for _ in range(3))
+    grad = torch.randn(1, 4, 60, 8, dtype=torch.float64, generator=g)
+    ours = torch.autograd.grad(decayed_attention(q, k, v, bias, block_size=16), (q, k, v), grad)
+    ref = reference_bias(decay, np.atleast_1d(alpha), 60, 60, 1, kw.get("cutoff"))
+    want = torch.autograd.grad(reference_attention(q, k, v, ref), (q, k, v), grad)
+    for got, exp in zip(ours, want):
+        assert torch.allclose(got, exp, atol=1e-11, rtol=1e-10)
+
+
+def test_float32_gradients_long_blocked_within_tolerance_of_float64():
+    torch.manual_seed(5)
+    bias = DecayBias("powerlaw", 1.0, n_heads=4, learnable_alpha=True, per_head_alpha=True)
+    q, k, v = (torch.randn(1, 4, 700, 32).requires_grad_(True) for _ in range(3))
+    grad = torch.randn(1, 4, 700, 32)
+    ours = torch.autograd.grad(decayed_attention(q, k, v, bias, block_size=128), (q, k, v, bias.alpha), grad)
+    a = bias.alpha.detach().double().requires_grad_(True)
+    qd, kd, vd = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+    y_ref = reference_attention(qd, kd, vd, _torch_reference_bias("powerlaw", a, 700, 700))
+    want = torch.autograd.grad(y_ref, (qd, kd, vd, a), grad.double())
+    for got, exp in zip(ours, want):
+        assert (got.double() - exp).abs().max() <= 2e-5 * max(1.0, exp.abs().max().item())
+
+
+def test_backward_saves_nothing_of_size_lq_by_lk():
+    """The memory contract: what autograd keeps between forward and backward is O(L), learnable alpha included."""
+    bias = DecayBias("powerlaw", 1.0, n_heads=4, learnable_alpha=True, per_head_alpha=True)
+    length = 512
+    q, k, v = (torch.randn(1, 4, length, 16).requires_grad_(True) for _ in range(3))
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = decayed_attention(q, k, v, bias, block_size=128)
+    assert sizes and max(sizes) <= 4 * length * 16  # q, k, v, the output: (B, H, L, D); the log-sum-exp: (B, H, L)
+    y.sum().backward()
+    assert bias.alpha.grad is not None and q.grad is not None
+
+
+def test_module_training_step_with_learnable_alpha_matches_dense_reference():
+    torch.manual_seed(6)
+    m = WCMHA(32, 4, n_kv_heads=2, alpha=0.9, learnable_alpha=True, per_head_alpha=True, block_size=BLOCK).double()
+    x = torch.randn(2, 70, 32, dtype=torch.float64)
+    m(x)[0].pow(2).sum().backward()
+    ours = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    a = m.decay.alpha
+    reference_module(m, x, _torch_reference_bias("powerlaw", a, 70, 70)).pow(2).sum().backward()
+    for n, p in m.named_parameters():
+        assert torch.allclose(ours[n], p.grad, atol=1e-10, rtol=1e-9), n
+
+
+def test_attention_dropout_while_training_takes_autograd_through_sdpa_and_gets_gradients():
+    torch.manual_seed(7)
+    m = WCMHA(32, 4, alpha=0.9, learnable_alpha=True, dropout=0.5, block_size=BLOCK).train()
+    x = torch.randn(1, 60, 32)
+    m(x)[0].sum().backward()
+    assert m.decay.alpha.grad is not None and torch.isfinite(m.decay.alpha.grad).all()
+    m.eval()
+    with torch.no_grad():  # without dropout the same module is the blockwise CPU path
+        y = m(x)[0]
+    ref = reference_module(m, x, _torch_reference_bias("powerlaw", m.decay.alpha.detach().double(), 60, 60))
+    assert (y.double() - ref).abs().max() < 1e-5
+
+
+# ------------------------------------------------------------------------------------- one attention core (#21)
+
+def test_step_with_a_window_equals_forward_with_that_max_context_and_trims_the_same():
+    torch.manual_seed(9)
+    m = GroupedQueryAttention(32, 4, n_kv_heads=2, decay="powerlaw", alpha=0.8, block_size=BLOCK).double().eval()
+    w = GroupedQueryAttention(32, 4, n_kv_heads=2, decay="powerlaw", alpha=0.8, block_size=BLOCK,
+                              max_context=6).double().eval()
+    w.load_state_dict(m.state_dict())
+    x = torch.randn(2, 40, 32, dtype=torch.float64)
+    past = (torch.randn(2, 2, 9, 8, dtype=torch.float64), torch.randn(2, 2, 9, 8, dtype=torch.float64))
+    y, present = m.step(x, past, window=6)
+    y_w, present_w = w(x, past)
+    assert torch.allclose(y, y_w, atol=1e-12) and present[0].shape[2] == 6
+    assert all(torch.equal(a, b) for a, b in zip(present, present_w))
+    assert m.kept_length(6) == 6 and m.kept_length(None) is None and w.kept_length(10) == 6
+
+
+def test_step_fills_a_cache_object_in_place():
+    class Cache:  # the duck type step accepts: append(k, v) -> (key, value), trim(keep)
+        def __init__(self):
+            self.k = self.v = None
+            self.kept = []
+
+        def append(self, k, v):
+            self.k = k if self.k is None else torch.cat([self.k, k], 2)
+            self.v = v if self.v is None else torch.cat([self.v, v], 2)
+            return self.k, self.v
+
+        def trim(self, keep):
+            self.kept.append(keep)
+            if keep is not None:
+                self.k, self.v = self.k[:, :, -keep:], self.v[:, :, -keep:]
+
+    torch.manual_seed(10)
+    m = GroupedQueryAttention(32, 4, decay="powerlaw", alpha=1.0, cutoff=5, block_size=BLOCK).double().eval()
+    x = torch.randn(1, 12, 32, dtype=torch.float64)
+    cache = Cache()
+    ys = [m.step(x[:, i : i + 3], cache)[0] for i in range(0, 12, 3)]
+    assert m.step(x[:, :0], cache)[1] is cache and cache.kept[:4] == [5, 5, 5, 5] and cache.k.shape[2] == 5
+    assert torch.allclose(torch.cat(ys, 1), m(x)[0], atol=1e-12)
+
+
+def test_dense_weights_is_the_softmax_of_scaled_scores_plus_bias_with_kv_heads_repeated():
+    g = torch.Generator().manual_seed(11)
+    q = torch.randn(2, 4, 5, 8, dtype=torch.float64, generator=g)
+    k = torch.randn(2, 2, 7, 8, dtype=torch.float64, generator=g)
+    mask = torch.randn(1, 4, 5, 7, dtype=torch.float64, generator=g)
+    mask[..., 0, 3:] = -math.inf
+    from tsattn.modules import dense_weights
+
+    got = dense_weights(q, k, mask, scale=0.3)
+    kr = k.repeat_interleave(2, 1).numpy()
+    scores = np.einsum("bhqd,bhkd->bhqk", q.numpy(), kr) * 0.3 + mask.numpy()
+    want = np.exp(scores - scores.max(-1, keepdims=True))
+    want /= want.sum(-1, keepdims=True)
+    assert np.allclose(got.numpy(), want, atol=1e-14) and (got[..., 0, 3:] == 0).all()
+    assert torch.allclose(dense_weights(q, k, None), torch.softmax(
+        q @ k.repeat_interleave(2, 1).transpose(-1, -2) / math.sqrt(8), -1), atol=1e-14)

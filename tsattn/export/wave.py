@@ -105,6 +105,7 @@ from tsattn.export.spec import Exportable, ExportSpec, FlatCache, StepwiseCheck,
 from tsattn.export.task import Task
 from tsattn.export.target_base import TargetExport
 from tsattn.export.targets import TargetError, target_code
+from tsattn.modules.wcmha import dense_weights
 
 KIND = "wave_transformer"
 FEATURE_FLAGS: Dict[str, Tuple[str, ...]] = {
@@ -300,16 +301,13 @@ class _CachedMultiQuery(_Adapter):
         v = torch.cat([past_v.to(v.dtype), v], dim=2)
         self.slots.give((k, v))
         repeat = a.n_heads_q // a.n_heads_kv
-        kr = k.repeat_interleave(repeat, dim=1) if repeat > 1 else k
         vr = v.repeat_interleave(repeat, dim=1) if repeat > 1 else v
-        scores = torch.matmul(q, kr.transpose(-2, -1)) * a.scale  # (B, H, L, P + L)
-        pos = torch.arange(k.shape[2], device=x.device, dtype=torch.promote_types(scores.dtype, torch.float32))
+        pos = torch.arange(k.shape[2], device=x.device, dtype=torch.promote_types(q.dtype, torch.float32))
         dt = pos[p:][:, None] - pos[None, :]  # query position minus key position, (L, P + L)
         decay = getattr(a, "decay_bias", None)
-        if decay is not None:
-            scores = scores + decay(dt).to(scores.dtype)
-        scores = scores.masked_fill(dt < 0, float("-inf"))
-        out = torch.matmul(F.softmax(scores, dim=-1), vr)
+        mask = decay(dt) if decay is not None else torch.zeros_like(dt)
+        mask = mask.masked_fill(dt < 0, float("-inf")).to(q.dtype)
+        out = torch.matmul(dense_weights(q, k, mask, scale=a.scale), vr)  # (B, H, L, D)
         return a.out_proj(out.transpose(1, 2).reshape(b, n, -1))
 
 

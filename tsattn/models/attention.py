@@ -1,7 +1,7 @@
 """Seed 002's attention names (MHA, MQA, GQA, the factory, cross-attention) on ``tsattn.modules``.
 
-Every self-attention here is a ``tsattn.modules.GroupedQueryAttention`` (its projections and decay bias) driven
-through ``decayed_attention``, so any WCMHA decay (``decay="powerlaw", alpha=...``) combines with MHA, MQA and GQA.
+Every self-attention here is a ``tsattn.modules.GroupedQueryAttention`` driven through its own ``step`` (projections,
+decay bias, ``decayed_attention``, cache trim and window: one implementation), so any WCMHA decay (``decay="powerlaw", alpha=...``) combines with MHA, MQA and GQA.
 Two forms:
 
 - functional, ``step(x, past=None, window=None) -> (y, present)``: no hidden state; the models and exported
@@ -44,15 +44,6 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, mask
 def _check_positive(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
-
-
-def _trim(cache: KVCache, keep: Optional[int]) -> KVCache:
-    k, v = cache
-    if keep is None:
-        return k, v
-    if keep == 0:  # k[:, :, -0:] would be everything
-        return k[:, :, :0], v[:, :, :0]
-    return k[:, :, -keep:], v[:, :, -keep:]
 
 
 class KVBuffer:
@@ -176,28 +167,11 @@ class SelfAttention(nn.Module):
 
     def kept_length(self, window: Optional[int]) -> Optional[int]:
         """Positions a ``present`` keeps for a given ``window`` (None: all of them)."""
-        limits = [w for w in (window, self.attn.decay.window) if w is not None]
-        return min(limits) if limits else None
+        return self.attn.kept_length(window)
 
     def step(self, x: Tensor, past: Union[KVCache, KVBuffer, None] = None,
              window: Optional[int] = None) -> Tuple[Tensor, Union[KVCache, KVBuffer]]:
-        a = self.attn
-        b, l, _ = x.shape
-        q = a.q_proj(x).view(b, l, a.n_heads, a.head_dim).transpose(1, 2)  # (B, H, L, D)
-        k = a.k_proj(x).view(b, l, a.n_kv_heads, a.head_dim).transpose(1, 2)  # (B, Hkv, L, D)
-        v = a.v_proj(x).view(b, l, a.n_kv_heads, a.head_dim).transpose(1, 2)
-        if isinstance(past, KVBuffer):  # stateful: written in place
-            k, v = past.append(k, v)  # views (B, Hkv, P + L, D)
-        elif past is not None:
-            k = torch.cat([past[0].to(k.dtype), k], dim=2)  # (B, Hkv, P + L, D)
-            v = torch.cat([past[1].to(v.dtype), v], dim=2)
-        y = decayed_attention(q, k, v, a.decay, window=window, block_size=a.block_size,
-                              kv_groups=a.n_heads // a.n_kv_heads)  # (B, H, L, D)
-        y = a.out_proj(y.transpose(1, 2).reshape(b, l, self.embed_dim))
-        if isinstance(past, KVBuffer):
-            past.trim(self.kept_length(window))
-            return y, past
-        return y, _trim((k, v), self.kept_length(window))
+        return self.attn.step(x, past, window)  # a KVBuffer is appended to in place (the stateful forms)
 
     def window_for(self, expanding_context: bool) -> Optional[int]:
         """The ``window`` of ``step`` that a stateful call with ``expanding_context`` uses."""

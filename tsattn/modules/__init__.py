@@ -6,7 +6,10 @@ a template together with the templates it imports, in the same package of the ta
 module name when the recipe renames a file.
 """
 
-from .wcmha import DECAY_TYPES, DecayBias, GroupedQueryAttention, WCMHA, decay_values, decayed_attention, dense_bias
+from .wcmha import (
+    DECAY_TYPES, DecayBias, GroupedQueryAttention, WCMHA, decay_values, decayed_attention, dense_bias, dense_weights,
+    trim_cache,
+)
 from .wave_ahs import AdaptiveHarmonicSelector, HarmonicSparsificationLoss
 from .wave_fcl import CURRICULUM_MODES, FrequencyCurriculumScheduler, FrequencyMask
 from .wave_mrwp import MultiResolutionWavePyramid
@@ -35,6 +38,8 @@ __all__ = [
     "decay_values",
     "decayed_attention",
     "dense_bias",
+    "dense_weights",
+    "trim_cache",
     # Wave-Transformer enhancements (issue #6)
     "AdaptiveHarmonicSelector",
     "HarmonicSparsificationLoss",

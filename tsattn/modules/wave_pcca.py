@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .wcmha import GroupedQueryAttention, decayed_attention, dense_bias, is_exporting
+from .wcmha import GroupedQueryAttention, decayed_attention, dense_bias, dense_weights, is_exporting
 
 COHERENCE_MODES = ("cosine", "complex")
 
@@ -137,9 +137,7 @@ class RotaryAttention(GroupedQueryAttention):
         """The softmax weights of the forward pass, densely: (B, H, L, P + L). For inspection and tests."""
         q, k, _ = self._qkv(x, past)
         q, k = self._rotate(q, k)
-        k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-        mask = self._mask(q.shape[2], k.shape[2], causal, attention_mask, q.dtype, q.device)
-        return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + mask, dim=-1)
+        return dense_weights(q, k, self._mask(q.shape[2], k.shape[2], causal, attention_mask, q.dtype, q.device))
 
 
 def phase_coherence(wave_q: Tensor, wave_k: Tensor, mode: str) -> Tensor:
@@ -257,8 +255,7 @@ class PhaseCoherentAttention(RotaryAttention):
     def attention_weights(self, x: Tensor, past=None, causal: bool = True,
                           attention_mask: Optional[Tensor] = None) -> Tensor:
         q, kr, _, _, _, mask = self._scores_parts(x, past, causal, attention_mask)
-        kr = kr.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
-        return torch.softmax(q @ kr.transpose(-1, -2) / math.sqrt(self.head_dim) + mask, dim=-1)
+        return dense_weights(q, kr, mask)
 
     def extra_repr(self) -> str:
         return (f"num_harmonics={self.num_harmonics}, mode={self.phase_coherence_mode!r}, "

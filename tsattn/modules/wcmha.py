@@ -18,15 +18,19 @@ Decays, as in the Powerformer authors' ``Causal_local_masks.py`` (``alpha`` is t
 
 ``cutoff`` (and ``max_context``) mask dt > window, so a query sees at most ``window + 1`` keys. Evaluation is
 blockwise for long inputs: for each block of queries the bias is a Toeplitz matrix, taken as an ``as_strided``
-view of one short vector of decays over keys in reversed order, and handed to the fused
-``F.scaled_dot_product_attention``. No L x L bias is ever materialised, and with a window only the keys inside
-it are visited, so the cost is O(L * window).
+view of one vector of decays over keys in reversed order (computed once per call), and handed to the fused
+kernel of ``F.scaled_dot_product_attention``. No L x L bias is ever materialised, and with a window only the keys
+inside it are visited, so the cost is O(L * window).
+
+Training keeps that memory: on CPU the blocks run on the fused kernel directly, which also returns each row's
+log-sum-exp, and a custom backward saves only q, k, v, the output and the log-sum-exp and recomputes each block's
+probabilities (FlashAttention-2), the gradient of a learnable alpha included (see ``_BlockedDecayedAttention``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -193,12 +197,15 @@ class DecayBias(nn.Module):
         return self._trivial
 
     def forward(self, dt: Tensor) -> Tensor:
-        dist = dt if self.causal else dt.abs()
         alpha = self.alpha.to(dt.dtype)
-        if self.per_head_alpha:
-            alpha = alpha.view(-1, *([1] * dt.dim()))
+        alpha = alpha.view(-1, *([1] * dt.dim()))  # (H|1, 1, ..): per head, or one for all heads
+        return self._masked(dt, alpha)
+
+    def _masked(self, dt: Tensor, alpha: Tensor) -> Tensor:
+        # The bias at distances dt for an explicit alpha broadcastable against (H|1, *dt.shape).
+        dist = dt if self.causal else dt.abs()
         bias = decay_values(dist.clamp(min=0), self.decay, alpha, self.butterworth_order)
-        if not self.per_head_alpha:
+        if bias.dim() == dt.dim():
             bias = bias.unsqueeze(0)
         masked = dist < 0
         if self.cutoff is not None:
@@ -240,6 +247,11 @@ def decayed_attention(
     (1, H|1, Lq, Lk) instead, whose shapes stay symbolic; so do eager calls with at most min(16, block_size)
     queries (decode steps), where the dense bias is O(Lk). In eager mode a trivial bias (causal only) goes straight
     to SDPA: ``is_causal`` when Lq == Lk, no mask for a single query.
+
+    Gradients: every input, ``bias.alpha`` included when it is a parameter. On CPU without dropout the blockwise
+    path has its own backward that stores O(Lq) per head (no probabilities) and gives exact gradients of q, k, v
+    and alpha (scalar or per head); elsewhere (CUDA, attention dropout) autograd runs through the per-block SDPA
+    calls. Double backward is not supported on the blockwise CPU path.
     """
     lq, lk = q.shape[2], k.shape[2]
     groups = q.shape[1] // k.shape[1] if kv_groups is None else kv_groups
@@ -284,41 +296,260 @@ def dense_bias(bias: DecayBias, lq: int, lk: int, window: Optional[int], dtype: 
     return mask.to(dtype).unsqueeze(0)
 
 
+def dense_weights(q: Tensor, k: Tensor, mask: Optional[Tensor], scale: Optional[float] = None) -> Tensor:
+    """``softmax(q k^T * scale + mask)``: attention weights, densely, for the paths that must return them
+    (inspection, ``output_attentions``, padding masks) and for exports.
+
+    q: (B, H, Lq, D); k: (B, Hkv, Lk, D), Hkv dividing H (each kv head serves H / Hkv consecutive query heads);
+    mask: None or an additive bias broadcastable to (B, H, Lq, Lk), ``-inf`` where masked; scale: default
+    1 / sqrt(D). Returns (B, H, Lq, Lk); multiply by the values (repeated likewise) for the output.
+    """
+    k = _expand_kv(k, q.shape[1] // k.shape[1])
+    scores = q @ k.transpose(-1, -2) * (1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
+    if mask is not None:
+        scores = scores + mask.to(scores.dtype)
+    return torch.softmax(scores, dim=-1)
+
+
+def trim_cache(cache: KVCache, keep: Optional[int]) -> KVCache:
+    """The last ``keep`` positions of a (key, value) cache (None: all of them; 0: none)."""
+    k, v = cache
+    if keep is None:
+        return k, v
+    if keep == 0:  # k[:, :, -0:] would be everything
+        return k[:, :, :0], v[:, :, :0]
+    return k[:, :, -keep:], v[:, :, -keep:]
+
+
+def _bias_line(bias: DecayBias, dt: Tensor, alpha: Tensor, win: Optional[int]) -> Tensor:
+    """The bias at the 1-D distances ``dt`` (n,) with ``alpha`` shaped (H|1, 1) or (H|1, n): (H|1, n), ``-inf``
+    where masked (causal, cutoff, ``win``)."""
+    line = bias._masked(dt, alpha)
+    if win is not None:
+        line = line.masked_fill(dt.abs() > win, float("-inf"))
+    return line
+
+
+Part = Tuple[bool, int, int, int, int]  # (diagonal, qs, qe, ks, ke): queries [qs, qe) and keys [ks, ke)
+_SQUARE = 256  # side of the causal squares of the split schedule (a dense bias this size is built once per call)
+
+
+class _Schedule:
+    """The blocks of one blockwise call and the bias along every distance they meet, as one vector ``line``.
+
+    Queries go ``block`` at a time, [s, e) at absolute positions p0 + s .. (p0 = Lk - Lq: a cache precedes them),
+    each block in parts (queries [qs, qe) of the block and some of its keys [ks, ke)). Keys taken in reversed
+    order make the bias a Toeplitz matrix in the order of the kernel's rows and columns: query r and reversed key
+    c are dt = r + c + off apart, off = p0 + qs - ke + 1, so a part's bias is an ``as_strided`` view with strides
+    (1, 1) of ``line``, the decays at distances dmin .. dmax (about Lk + block of them), computed once per call.
+
+    Causal attention without a window splits each block so that the kernel skips the masked half of the causal
+    diagonal: the keys before the block, for all its queries (one view of ``line``, nothing masked); then, for
+    each ``_SQUARE`` queries of the block, the block's keys before them (a view) and their own causal square, in
+    natural key order with ``is_causal`` and one dense Toeplitz bias built once. The parts of a row are merged
+    through their log-sum-exps. Otherwise (a window, non-causal) one part per block: the keys the window lets the
+    block see.
+    """
+
+    def __init__(self, lq: int, lk: int, causal: bool, win: Optional[int], block: int) -> None:
+        if win is not None:  # keys per block are block + window: keep the block near the window's size
+            block = min(block, max(win, 64))
+        p0 = lk - lq
+        self.lk, self.p0 = lk, p0
+        self.split = causal and win is None
+        self.square = min(_SQUARE, block, lq)
+        self.spans: List[Tuple[int, int, List[Part]]] = []
+        for s in range(0, lq, block):
+            e = min(s + block, lq)
+            if self.split:
+                parts = [(False, s, e, 0, p0 + s)] if p0 + s > 0 else []
+                for qs in range(s, e, self.square):
+                    qe = min(qs + self.square, e)
+                    if qs > s:
+                        parts.append((False, qs, qe, p0 + s, p0 + qs))
+                    parts.append((True, qs, qe, p0 + qs, p0 + qe))
+            else:
+                ks = 0 if win is None else max(0, p0 + s - win)
+                ke = p0 + e if causal else (lk if win is None else min(lk, p0 + e + win))
+                parts = [(False, s, e, ks, ke)]
+            self.spans.append((s, e, parts))
+        offs = [(-(qe - qs - 1) if d else p0 + qs - ke + 1, qe - qs, ke - ks)
+                for _, _, parts in self.spans for d, qs, qe, ks, ke in parts]
+        self.dmin = min(off for off, _, _ in offs)
+        self.dmax = max(off + nq + nk - 2 for off, nq, nk in offs)
+
+    def distances(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        return torch.arange(self.dmin, self.dmax + 1, device=device, dtype=_bias_dtype(dtype))  # (n,)
+
+    def masks(self, line: Tensor) -> "_BlockMasks":
+        return _BlockMasks(self, line)
+
+    def keys(self, k_rev: Tensor, part: Part) -> Tensor:
+        """A part's keys (or values) from the reversed ones: reversed, or natural order for a causal square."""
+        diagonal, _, _, ks, ke = part
+        kb = k_rev[:, :, self.lk - ke : self.lk - ks]
+        return kb.flip(2) if diagonal else kb
+
+
+class _BlockMasks:
+    """The (1, H|1, nq, nk) bias of each part of a ``_Schedule`` from one ``line`` (H|1, n), contiguous."""
+
+    def __init__(self, sched: _Schedule, line: Tensor) -> None:
+        self.sched, self.line = sched, line
+        self.square = None
+        if sched.split:  # the causal square's bias in natural key order, dt = r - c: a Hankel view, flipped
+            n = sched.square
+            hankel = line.as_strided((1, line.shape[0], n, n), (line.numel(), line.shape[1], 1, 1),
+                                     line.storage_offset() - sched.dmin - (n - 1))  # line[r + c - dmin - n + 1]
+            self.square = hankel.flip(-1)  # (1, H|1, n, n)
+
+    def __call__(self, part: Part) -> Tensor:
+        diagonal, qs, qe, ks, ke = part
+        if diagonal:
+            return self.square[:, :, : qe - qs, : qe - qs]
+        line, sched = self.line, self.sched
+        start = sched.p0 + qs - ke + 1 - sched.dmin
+        # 4-D on purpose: SDPA's fused CPU kernel takes a 3-D mask through a much slower path (measured 4x).
+        return line.as_strided((1, line.shape[0], qe - qs, ke - ks), (line.numel(), line.shape[1], 1, 1),
+                               line.storage_offset() + start)
+
+
+def _flash_cpu_ops():
+    # The fused CPU kernel behind F.scaled_dot_product_attention, called directly because it also returns the row
+    # log-sum-exp (and its backward takes it); None where this torch build lacks it.
+    try:
+        return (torch.ops.aten._scaled_dot_product_flash_attention_for_cpu,
+                torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward)
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_FLASH_CPU = _flash_cpu_ops()
+
+
+def _decay_derivative_line(bias: DecayBias, dt: Tensor, alpha: Tensor, win: Optional[int]) -> Tensor:
+    """d line / d alpha, elementwise: (H|1, n); 0 where the line is masked. Autograd on the 1-D line only."""
+    with torch.enable_grad():
+        a = alpha.detach().to(dt.dtype).reshape(-1, 1).expand(-1, dt.shape[0]).clone().requires_grad_(True)
+        line = _bias_line(bias, dt, a, win)
+        (grad,) = torch.autograd.grad(line, a, torch.ones_like(line), allow_unused=True)
+    if grad is None:
+        return torch.zeros_like(a)
+    return torch.where(torch.isfinite(line) & torch.isfinite(grad), grad, torch.zeros_like(grad)).detach()
+
+
+def _flash_blocks(sched: _Schedule, masks: _BlockMasks, q: Tensor, k_rev: Tensor, v_rev: Tensor) -> Tuple[Tensor, Tensor]:
+    """Output (B, H, Lq, D) and row log-sum-exp (B, H, Lq) of the blockwise attention on the fused CPU kernel.
+
+    A row's parts (disjoint sets of keys) are merged on the fly: lse = logaddexp(lse_a, lse_b),
+    out = exp(lse_a - lse) out_a + exp(lse_b - lse) out_b.
+    """
+    forward_op = _FLASH_CPU[0]
+    out, lse = torch.empty_like(q), None
+    for s, _, parts in sched.spans:
+        covered = s  # rows [s, covered) of this block have a part already (parts come in that order)
+        for part in parts:
+            diagonal, qs, qe, _, _ = part
+            o, l = forward_op(q[:, :, qs:qe], sched.keys(k_rev, part), sched.keys(v_rev, part), 0.0, diagonal,
+                              attn_mask=masks(part))
+            if lse is None:
+                lse = l.new_empty(q.shape[:3])
+            if qs >= covered:  # the first part of these rows
+                out[:, :, qs:qe], lse[:, :, qs:qe] = o, l
+                covered = qe
+                continue
+            prev = lse[:, :, qs:qe]
+            new = torch.logaddexp(prev, l)
+            out[:, :, qs:qe] = (torch.exp(prev - new).unsqueeze(-1).to(o.dtype) * out[:, :, qs:qe]
+                                + torch.exp(l - new).unsqueeze(-1).to(o.dtype) * o)
+            lse[:, :, qs:qe] = new
+    return out, lse
+
+
+class _BlockedDecayedAttention(torch.autograd.Function):
+    """Blockwise decayed attention on the fused CPU kernel, with a backward that keeps the forward's memory.
+
+    Saved: q, the reversed k and v, the output and the row log-sum-exp (B, H, Lq), nothing of size Lq x Lk. The
+    backward recomputes each block's probabilities from the log-sum-exp (the FlashAttention-2 backward, the
+    kernel's own, given the whole row's output and log-sum-exp, so a block split in parts stays exact) for dq,
+    dk, dv. The decay's gradient comes from the same blocks: with g = d bias / d alpha,
+
+        d O_i / d alpha = sum_j P_ij g_ij v_j - (sum_j P_ij g_ij) O_i = s exp(lse'_i - lse_i) (O'_i - O_i),
+
+    where O' and lse' are the attention and log-sum-exp under the tilted bias ``bias + log1p(g / s)`` (s scales g
+    so that 1 + g / s > 0; s = -1 for decays that only fall as alpha grows, powerlaw and simpowerlaw). That is one
+    more fused forward per block part, summed over parts, and d alpha = sum_i dO_i . d O_i / d alpha (per head,
+    or summed over heads for one alpha).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, alpha, bias, win, block):
+        sched = _Schedule(q.shape[2], k.shape[2], bias.causal, win, block)
+        dt = sched.distances(q.device, q.dtype)
+        line = _bias_line(bias, dt, alpha.detach().to(dt.dtype).reshape(-1, 1), win).to(q.dtype).contiguous()
+        k_rev, v_rev = k.flip(2), v.flip(2)
+        out, lse = _flash_blocks(sched, sched.masks(line), q, k_rev, v_rev)
+        ctx.save_for_backward(q, k_rev, v_rev, out, lse, alpha)
+        ctx.bias, ctx.win, ctx.sched, ctx.line, ctx.dt = bias, win, sched, line, dt
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k_rev, v_rev, out, lse, alpha = ctx.saved_tensors
+        sched, line, lk = ctx.sched, ctx.line, k_rev.shape[2]
+        forward_op, backward_op = _FLASH_CPU
+        masks = sched.masks(line)
+        dq, dk_rev, dv_rev = torch.zeros_like(q), torch.zeros_like(k_rev), torch.zeros_like(v_rev)
+        need_alpha = ctx.needs_input_grad[3]
+        if need_alpha:
+            g = _decay_derivative_line(ctx.bias, ctx.dt, alpha, ctx.win)  # (H|1, n)
+            ones = torch.ones_like(g[:, :1])
+            scale = torch.where((g <= 0).all(dim=1, keepdim=True), -ones,
+                                torch.where((g >= 0).all(dim=1, keepdim=True), ones,
+                                            2 * (-g).amax(dim=1, keepdim=True)))  # (H|1, 1): 1 + g / s > 0
+            tilted = sched.masks((line + torch.log1p(g / scale).to(line.dtype)).contiguous())
+            d_alpha = torch.zeros(q.shape[1], dtype=_bias_dtype(q.dtype), device=q.device)
+        for _, _, parts in sched.spans:
+            for part in parts:
+                diagonal, qs, qe, ks, ke = part
+                qb, ob, lb, gb = q[:, :, qs:qe], out[:, :, qs:qe], lse[:, :, qs:qe], grad_out[:, :, qs:qe]
+                kb, vb = sched.keys(k_rev, part), sched.keys(v_rev, part)
+                gq, gk, gv = backward_op(gb, qb, kb, vb, ob, lb, 0.0, diagonal, attn_mask=masks(part))
+                if diagonal:
+                    gk, gv = gk.flip(2), gv.flip(2)
+                dq[:, :, qs:qe] += gq
+                dk_rev[:, :, lk - ke : lk - ks] += gk
+                dv_rev[:, :, lk - ke : lk - ks] += gv
+                if need_alpha:
+                    o2, l2 = forward_op(qb, kb, vb, 0.0, diagonal, attn_mask=tilted(part))
+                    weight = torch.exp((l2 - lb).to(d_alpha.dtype))  # (B, H, nq)
+                    d_alpha += (weight * (gb * (o2 - ob)).sum(-1).to(d_alpha.dtype)).sum(dim=(0, 2))
+        grad_alpha = None
+        if need_alpha:
+            per_head = d_alpha * scale.reshape(-1).to(d_alpha.dtype)  # (H,); the scale broadcasts when H|1 is 1
+            grad_alpha = (per_head if alpha.dim() else per_head.sum()).reshape(alpha.shape).to(alpha.dtype)
+        return dq, dk_rev.flip(2), dv_rev.flip(2), grad_alpha, None, None, None
+
+
 def _blocked_attention(
     q: Tensor, k: Tensor, v: Tensor, bias: DecayBias, win: Optional[int], block: int, dropout_p: float, gqa: bool
 ) -> Tensor:
-    # For queries [s, e) (absolute positions p0 + s ..) and keys [ks, ke) taken in reversed order, the distance of
-    # query r to reversed key c is dt = r + c + off with off = p0 + s - ke + 1: a Toeplitz matrix, i.e. an
-    # as_strided view with strides (1, 1) of the 1-D vector decay(off .. off + nq + nk - 2).
-    lq, lk = q.shape[2], k.shape[2]
-    p0 = lk - lq
-    if win is not None:  # keys per block are block + window: keep the block near the window's size
-        block = min(block, max(win, 64))
+    if _FLASH_CPU is not None and q.device.type == "cpu" and dropout_p == 0.0:
+        return _BlockedDecayedAttention.apply(q, k, v, bias.alpha, bias, win, block)
+    # Elsewhere (CUDA, attention dropout): per-block SDPA calls under autograd, on one part per block.
+    lk = k.shape[2]
+    sched = _Schedule(q.shape[2], lk, bias.causal, win if win is not None else lk, block)
+    dt = sched.distances(q.device, q.dtype)
+    line = _bias_line(bias, dt, bias.alpha.to(dt.dtype).reshape(-1, 1), win).to(q.dtype).contiguous()
+    masks = sched.masks(line)
     k_rev, v_rev = k.flip(2), v.flip(2)
-    out = torch.empty_like(q)
-    for s in range(0, lq, block):
-        e = min(s + block, lq)
-        nq = e - s
-        if bias.causal:
-            ke = p0 + e
-            ks = 0 if win is None else max(0, p0 + s - win)
-        else:
-            ke = lk if win is None else min(lk, p0 + e + win)
-            ks = 0 if win is None else max(0, p0 + s - win)
-        nk = ke - ks
-        off = p0 + s - ke + 1
-        dt = torch.arange(off, off + nq + nk - 1, device=q.device, dtype=_bias_dtype(q.dtype))
-        line = bias(dt.unsqueeze(0)).squeeze(1)  # (H|1, nq + nk - 1)
-        if win is not None:
-            line = line.masked_fill(dt.abs() > win, float("-inf"))
-        line = line.to(q.dtype).contiguous()
-        # 4-D on purpose: SDPA's fused CPU kernel takes a 3-D mask through a much slower path (measured 4x).
-        mask = line.as_strided((1, line.shape[0], nq, nk), (line.numel(), line.stride(0), 1, 1))
-        out[:, :, s:e] = F.scaled_dot_product_attention(
-            q[:, :, s:e], k_rev[:, :, lk - ke : lk - ks], v_rev[:, :, lk - ke : lk - ks],
-            attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa,
-        )
-    return out
+    outs = []
+    for _, _, (part,) in sched.spans:
+        outs.append(F.scaled_dot_product_attention(
+            q[:, :, part[1] : part[2]], sched.keys(k_rev, part), sched.keys(v_rev, part), attn_mask=masks(part),
+            dropout_p=dropout_p, enable_gqa=gqa,
+        ))
+    return torch.cat(outs, dim=2)
 
 
 class GroupedQueryAttention(nn.Module):
@@ -334,6 +565,10 @@ class GroupedQueryAttention(nn.Module):
             cache equals one full forward. Distances stay true distances.
         dropout: attention dropout while training. bias: use biases in the projections.
         block_size: queries per block of the eager, blockwise evaluation (see ``decayed_attention``).
+
+    ``step(x, past=None, window=None) -> (y, present)``: ``forward`` with a per-call ``window`` (on top of
+    ``max_context``) and, as ``past``, optionally a cache object filled in place (see ``step``); the one
+    implementation that ``tsattn.models`` adapts.
 
     ``forward(x, past=None) -> (y, present)``
         x: (B, L, d_model); past: None or (key, value), each (B, n_kv_heads, P, head_dim).
@@ -404,31 +639,55 @@ class GroupedQueryAttention(nn.Module):
         return q, k, v
 
     def _present(self, k: Tensor, v: Tensor) -> KVCache:
-        win = self.window
-        if win is None:
-            return k, v
-        if win == 0:  # only the query itself is ever attended: nothing to keep
-            return k[:, :, :0], v[:, :, :0]
-        return k[:, :, -win:], v[:, :, -win:]
+        return trim_cache((k, v), self.window)
 
-    def forward(self, x: Tensor, past: Optional[KVCache] = None) -> Tuple[Tensor, KVCache]:
-        q, k, v = self._project(x, past)
+    def call_window(self, window: Optional[int] = None) -> Optional[int]:
+        """The largest distance a ``step`` with ``window`` lets a query see: window and max_context combined."""
+        limits = [w for w in (window, self.max_context) if w is not None]
+        return min(limits) if limits else None
+
+    def kept_length(self, window: Optional[int] = None) -> Optional[int]:
+        """Past positions a ``step`` with ``window`` keeps in its present (None: all of them)."""
+        limits = [w for w in (self.call_window(window), self.decay.window) if w is not None]
+        return min(limits) if limits else None
+
+    def step(self, x: Tensor, past=None, window: Optional[int] = None):
+        """One call of the attention: ``forward`` with a per-call ``window`` and an optional in-place cache.
+
+        x: (B, L, d_model), the L positions after the P of ``past``. ``past``: None, ``(key, value)`` (each
+        (B, n_kv_heads, P, head_dim)), or a cache object with ``append(k, v) -> (key, value)`` (the new positions
+        added after the cached ones, all of them returned) and ``trim(keep)`` (forget all but the last ``keep``;
+        None keeps all), which is filled in place and returned as the present. ``window``: a query sees at most
+        this many earlier positions, on top of ``max_context`` (None: max_context alone).
+        Returns ``(y (B, L, d_model), present)``: present the past and new keys/values trimmed to
+        ``kept_length(window)``, or the cache object itself.
+        """
+        q, k, v = self._project(x, None)
+        stateful = past is not None and not isinstance(past, (tuple, list))
+        if stateful:
+            k, v = past.append(k, v)  # (B, Hkv, P + L, D)
+        elif past is not None:
+            k = torch.cat([past[0].to(k.dtype), k], dim=2)  # (B, Hkv, P + L, D)
+            v = torch.cat([past[1].to(v.dtype), v], dim=2)
         y = decayed_attention(
-            q, k, v, self.decay, window=self.max_context, block_size=self.block_size,
+            q, k, v, self.decay, window=self.call_window(window), block_size=self.block_size,
             dropout_p=self.dropout if self.training else 0.0, kv_groups=self.n_heads // self.n_kv_heads,
         )  # (B, H, L, D)
         b, _, l, _ = y.shape
         y = self.out_proj(y.transpose(1, 2).reshape(b, l, self.n_heads * self.head_dim))
-        return y, self._present(k, v)
+        if stateful:
+            past.trim(self.kept_length(window))
+            return y, past
+        return y, trim_cache((k, v), self.kept_length(window))
+
+    def forward(self, x: Tensor, past: Optional[KVCache] = None) -> Tuple[Tensor, KVCache]:
+        return self.step(x, past)
 
     @torch.no_grad()
     def attention_weights(self, x: Tensor, past: Optional[KVCache] = None) -> Tensor:
         """The softmax weights the forward pass uses, densely: (B, H, L, P + L). For inspection and analysis."""
         q, k, _ = self._project(x, past)
-        k = _expand_kv(k, self.n_heads // self.n_kv_heads)
-        bias = dense_bias(self.decay, q.shape[2], k.shape[2], self.window, q.dtype, q.device)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + bias  # (B, H, Lq, Lk)
-        return torch.softmax(scores, dim=-1)
+        return dense_weights(q, k, dense_bias(self.decay, q.shape[2], k.shape[2], self.window, q.dtype, q.device))
 
 
 class WCMHA(GroupedQueryAttention):

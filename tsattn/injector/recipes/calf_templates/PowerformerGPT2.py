@@ -29,7 +29,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPastAndCrossAttenti
 from transformers.models.gpt2.modeling_gpt2 import GPT2Model
 from transformers.pytorch_utils import Conv1D
 
-from tsattn.modules.wcmha import DecayBias, decayed_attention, dense_bias
+from tsattn.modules.wcmha import DecayBias, decayed_attention, dense_bias, dense_weights
 
 KVCache = Tuple[torch.Tensor, torch.Tensor]  # (key, value), each (batch, heads, length, head_dim)
 
@@ -98,11 +98,10 @@ class PowerformerGPT2Attention(nn.Module):
         dropout_p = self.attn_pdrop if self.training else 0.0
         weights = None
         if output_attentions or attention_mask is not None:
-            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, H, L, P + L)
-            scores = scores + dense_bias(self.decay, l, k.shape[2], None, scores.dtype, scores.device)
+            mask = dense_bias(self.decay, l, k.shape[2], None, q.dtype, q.device)  # (1, H|1, L, P + L)
             if attention_mask is not None:
-                scores = (scores + attention_mask.to(scores.dtype)).clamp(min=torch.finfo(scores.dtype).min)
-            weights = torch.softmax(scores, dim=-1)
+                mask = (mask + attention_mask.to(q.dtype)).clamp(min=torch.finfo(q.dtype).min)
+            weights = dense_weights(q, k, mask)  # (B, H, L, P + L)
             y = F.dropout(weights, dropout_p, self.training) @ v
         else:
             y = decayed_attention(q, k, v, self.decay, dropout_p=dropout_p, kv_groups=1)  # (B, H, L, D)
