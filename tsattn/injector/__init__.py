@@ -4,7 +4,7 @@ Modules (one concept each):
 
     targets.py      target kinds (calf, hephaestus, wave_transformer) and their detection by fingerprints
     recipe.py       Recipe / Option / Edit (a recipe is data) and the registry
-    codemods.py     the generic, reusable libcst codemods recipes are made of
+    codemods/       the generic, reusable libcst codemods recipes are made of, one module per kind of edit
     templates.py    Template(source, dest): files copied into the target, with the templates they import
     record.py       the injection record and write-ahead journal (its format, reading; standard library only)
     transaction.py  the file-operation layer: journaled atomic writes, rollback (in-process and after a kill)

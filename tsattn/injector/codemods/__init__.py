@@ -1,0 +1,87 @@
+"""Generic, reusable libcst codemods: the building blocks of every recipe.
+
+The package, by kind of edit (every public name is re-exported here: ``from tsattn.injector.codemods import X``):
+
+    base.py                 values (``Code``, ``NO_VALUE``, ``literal``), the file's quote (``file_quote``), the
+                            base class of every codemod
+    imports.py              AddImport, RewriteImportFrom
+    definitions.py          AddClass, AddMethod
+    parameters.py           SetParameterDefault, AddKeywordsParameter
+    calls.py                WrapCall, SetKeyword
+    argparse_arguments.py   AddArgparseArgument
+    statements.py           InsertStatements, ReplaceExpression, ExtendTuple
+
+Each codemod is a ``VisitorBasedCodemodCommand`` whose constructor takes the ``CodemodContext`` and typed
+arguments; a recipe names the class and the arguments (``Edit(path, AddClass, source=..., after=...)``) and the
+engine runs it with ``codemod.transform_module(tree)``. Every codemod is idempotent: run on its own output it
+changes nothing, and run with new values it updates the code it inserted instead of inserting it again. A
+missing anchor raises ``AnchorNotFound`` naming the file (``context.filename``) and the symbol.
+
+    AddImport(module, names)                      from MODULE import NAME, ... (merged into an existing import;
+                                                  ".sibling" is a module beside the file); AddImportsVisitor
+    AddClass(source, after=None)                  a top-level class or function after the one named ``after``
+                                                  (at the end without); replaced in place when it exists
+    AddMethod(class_name, source, after=None)     a method of ``class_name``, after method ``after``
+    AddArgparseArgument(flag, after, type=None, default=..., choices=None, help=None)
+                                                  ``<parser>.add_argument(flag, ...)`` next to the anchor
+                                                  argument ``after``; its keywords updated when it exists
+    WrapCall(scope, target, callee, template, values={})
+                                                  in ``target = callee(...)`` inside ``scope``, replace the call
+                                                  with ``template`` (a libcst template expression in which
+                                                  ``{call}`` is the original call and ``{name}`` the literal
+                                                  ``values[name]``: a wrapping call, a conditional expression,
+                                                  ...); again: rebuilt around the original call
+    SetKeyword(callee, keyword, value, scope=None)
+                                                  add or update ``keyword=value`` in calls to ``callee``
+                                                  (``keyword="**"``: the call's ``**value`` argument)
+    SetParameterDefault(function, param, value)   add or update the default of a parameter of ``function``
+    AddKeywordsParameter(function, name)          ``def f(..., **name)``: the catch-all keyword parameter
+    ReplaceExpression(scope, old, new)            every expression ``old`` (compared as Python) in ``scope``
+                                                  becomes ``new``: a constructor call, ``range(1, 4)``, ...
+    ExtendTuple(name, values, after)              the module-level ``NAME = (...)`` holds ``values`` (added
+                                                  when missing: recipes can each add theirs); created after
+                                                  the statement ``after`` when absent
+    InsertStatements(scope, after, statements)    statements after the statement ``after`` (compared as Python,
+                                                  not text; or after the last of several) in ``scope``'s body
+                                                  or a block nested in it (loop, if, with, try); updated in
+                                                  place when the same statements with other constants follow
+    RewriteImportFrom(old, new)                   change the module of ``from OLD import ...`` (``.wcmha``,
+                                                  ``tsattn.modules.wcmha``) to NEW (``.PowerformerAttention``)
+
+Values (``value``, ``default``, ``values``) are Python literals, or ``Code("source")`` for an expression written
+as it is (``Code("use_pcca")``: a name, not a string). Scopes are dotted names of classes and functions
+(``"Model.__init__"``; ``""`` is module level). Inserted code
+follows the file: libcst renders new blocks with the module's indentation and newline, and string literals get
+the quote the file uses most (``file_quote``). Untouched code keeps its exact bytes.
+"""
+
+
+from __future__ import annotations
+
+from tsattn.injector.codemods.argparse_arguments import AddArgparseArgument
+from tsattn.injector.codemods.base import NO_VALUE, QUOTE_KEY, Code, file_quote, literal
+from tsattn.injector.codemods.calls import SetKeyword, WrapCall
+from tsattn.injector.codemods.definitions import AddClass, AddMethod
+from tsattn.injector.codemods.imports import AddImport, RewriteImportFrom
+from tsattn.injector.codemods.parameters import AddKeywordsParameter, SetParameterDefault
+from tsattn.injector.codemods.statements import ExtendTuple, InsertStatements, ReplaceExpression
+
+__all__ = [
+    "AddArgparseArgument",
+    "AddClass",
+    "AddImport",
+    "AddKeywordsParameter",
+    "AddMethod",
+    "Code",
+    "ExtendTuple",
+    "InsertStatements",
+    "NO_VALUE",
+    "QUOTE_KEY",
+    "ReplaceExpression",
+    "RewriteImportFrom",
+    "SetKeyword",
+    "SetParameterDefault",
+    "WrapCall",
+    "file_quote",
+    "literal",
+]

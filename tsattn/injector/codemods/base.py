@@ -1,0 +1,238 @@
+"""The shared layer of the codemods: values (``Code``, ``literal``), the file's quote, snippets, and the
+base class ``_Codemod``."""
+
+from __future__ import annotations
+
+import ast
+import io
+import tokenize
+from dataclasses import dataclass
+from typing import Any, List, Optional, Union
+
+import libcst as cst
+import libcst.matchers as m
+from libcst.codemod import Codemod, CodemodContext, VisitorBasedCodemodCommand
+from libcst.helpers import get_full_name_for_node
+
+
+class _NoValue:
+    def __repr__(self) -> str:
+        return "NO_VALUE"
+
+
+NO_VALUE: Any = _NoValue()  # "leave this keyword out" (``default`` of AddArgparseArgument)
+
+
+@dataclass(frozen=True)
+class Code:
+    """A value given as Python source: ``Code("use_pcca")`` is written as the expression ``use_pcca``, not as a
+    string. Its string literals take the file's quote."""
+
+    source: str
+
+
+# --- helpers --------------------------------------------------------------------------------------------------
+
+
+def _quoted(text: str, quote: str) -> str:
+    """``text`` as a Python string literal in ``quote`` (the other quote if ``text`` holds only this one)."""
+    other = "'" if quote == '"' else '"'
+    if quote in text and other not in text:
+        quote, other = other, quote
+    body = repr(text)[1:-1]  # Python's escapes, for the quote repr chose
+    if repr(text)[0] != quote:
+        body = body.replace("\\" + other, other).replace(quote, "\\" + quote)
+    return quote + body + quote
+
+
+def literal(value: Any, quote: str = '"') -> cst.BaseExpression:
+    """A libcst expression for a Python literal (None, bool, int, float, str, list, tuple, dict) or a ``Code``."""
+    if isinstance(value, Code):
+        return cst.parse_expression(value.source).visit(_MatchQuotes(quote))
+    if value is None or isinstance(value, bool):
+        return cst.Name(repr(value))
+    if isinstance(value, (int, float)):
+        text = repr(value)
+        if text in ("inf", "-inf", "nan"):
+            return cst.parse_expression(f"float({text!r})".replace("'", quote))
+        node = cst.Integer(text.lstrip("-")) if isinstance(value, int) else cst.Float(text.lstrip("-"))
+        return cst.UnaryOperation(cst.Minus(), node) if text.startswith("-") else node
+    if isinstance(value, str):
+        return cst.SimpleString(_quoted(value, quote))
+    if isinstance(value, (list, tuple)):
+        elements = [cst.Element(literal(v, quote)) for v in value]
+        if isinstance(value, list):
+            return cst.List(elements)
+        if len(elements) == 1:
+            elements = [elements[0].with_changes(comma=cst.Comma())]
+        return cst.Tuple(elements)
+    if isinstance(value, dict):
+        return cst.Dict([cst.DictElement(literal(k, quote), literal(v, quote)) for k, v in value.items()])
+    raise TypeError(f"no literal for {type(value).__name__} value {value!r}")
+
+
+def file_quote(source: Union[cst.Module, str, bytes]) -> str:
+    """The quote character most of the one-line string literals of a module use (``"`` on a tie)."""
+    if isinstance(source, cst.Module):
+        source = source.bytes
+    elif isinstance(source, str):
+        source = source.encode("utf-8")
+    counts = {"'": 0, '"': 0}
+    try:
+        for tok in tokenize.tokenize(io.BytesIO(source).readline):
+            if tok.type == tokenize.STRING:
+                body = tok.string.lstrip("rRbBuUfF")
+                if body[:1] in counts and body[:3] not in ("\'\'\'", '"""'):
+                    counts[body[0]] += 1
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    return "'" if counts["'"] > counts['"'] else '"'
+
+
+class _MatchQuotes(cst.CSTTransformer):
+    """Rewrite one-line string literals to use ``quote`` where that needs no new escapes."""
+
+    def __init__(self, quote: str) -> None:
+        super().__init__()
+        self.quote = quote
+
+    def leave_SimpleString(self, original_node: cst.SimpleString, updated_node: cst.SimpleString) -> cst.SimpleString:
+        old = updated_node.quote
+        if old == self.quote or len(old) != 1:
+            return updated_node
+        body = updated_node.raw_value
+        if self.quote in body or "\\" + old in body:
+            return updated_node
+        return updated_node.with_changes(value=updated_node.prefix + self.quote + body + self.quote)
+
+
+def _parse_snippet(source: str, quote: str) -> cst.Module:
+    # Parsed with the default config: its blocks then carry no explicit indentation or newline, so that they
+    # render with the target module's own. Comment lines before the first statement (libcst puts them in the
+    # module's header) go with that statement.
+    module = cst.parse_module(source).visit(_MatchQuotes(quote))
+    if module.body and any(line.comment is not None for line in module.header):
+        first = module.body[0]
+        first = first.with_changes(leading_lines=[*module.header, *first.leading_lines])
+        module = module.with_changes(header=[], body=[first, *module.body[1:]])
+    return module
+
+
+def _name(node: Optional[cst.CSTNode]) -> Optional[str]:
+    return None if node is None else get_full_name_for_node(node)
+
+
+def _def_name(statement: cst.CSTNode) -> Optional[str]:
+    if m.matches(statement, m.ClassDef() | m.FunctionDef()):
+        return statement.name.value
+    return None
+
+
+def _python(code: str, blank_constants: bool = False, mode: str = "exec") -> str:
+    """A formatting-independent form of Python statements (``mode="eval"``: an expression), their AST, optionally
+    with constants blanked."""
+    tree = ast.parse(code.strip(), mode=mode)
+    if blank_constants:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant):
+                node.value = None
+    return ast.dump(tree)
+
+
+def _code(statement: cst.CSTNode) -> str:
+    return cst.Module(body=[statement]).code
+
+
+def _blank_lines(n: int) -> List[cst.EmptyLine]:
+    return [cst.EmptyLine(indent=False) for _ in range(n)]
+
+
+def _keyword(name: str, value: cst.BaseExpression) -> cst.Arg:
+    return cst.Arg(
+        value=value,
+        keyword=cst.Name(name),
+        equal=cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace("")),
+    )
+
+
+def _dotted(name: str) -> Union[cst.Name, cst.Attribute]:
+    parts = name.split(".")
+    node: Union[cst.Name, cst.Attribute] = cst.Name(parts[0])
+    for part in parts[1:]:
+        node = cst.Attribute(value=node, attr=cst.Name(part))
+    return node
+
+
+QUOTE_KEY = "tsattn.quote"
+"""``context.scratch`` key: the file's quote character, when the caller knows it (else computed per codemod)."""
+
+
+class _Codemod(VisitorBasedCodemodCommand):
+    """Base: the file's name and quote, the dotted scope being visited, and a fast traversal.
+
+    These codemods use matchers through ``m.matches``/``m.findall`` and no matcher decorators or metadata, so the
+    per-node decorator bookkeeping of ``MatcherDecoratableTransformer`` and the ``MetadataWrapper`` copy of the
+    tree are skipped (together about 5x the cost of the edit). They do not descend into simple statements unless
+    ``descend`` says so: every edit here works on statement lists, definitions or specific statements.
+    """
+
+    on_visit = cst.CSTTransformer.on_visit
+    on_leave = cst.CSTTransformer.on_leave
+    on_visit_attribute = cst.CSTTransformer.on_visit_attribute
+    on_leave_attribute = cst.CSTTransformer.on_leave_attribute
+
+    def __init__(self, context: CodemodContext) -> None:
+        # VisitorBasedCodemodCommand's constructor minus MatcherDecoratableTransformer's scan for decorated
+        # methods (none here, and the dispatch above does not read them).
+        Codemod.__init__(self, context)
+        self._scope: List[str] = []
+        self._module: Optional[cst.Module] = None
+        self._quote: Optional[str] = None
+
+    def transform_module(self, tree: cst.Module) -> cst.Module:
+        return self.transform_module_impl(tree)
+
+    @property
+    def path(self) -> str:
+        return self.context.filename or "<module>"
+
+    @property
+    def scope(self) -> str:
+        return ".".join(self._scope)
+
+    def descend(self, node: cst.SimpleStatementLine) -> bool:
+        """Whether to visit inside a simple statement (one line of small statements)."""
+        return False
+
+    def visit_SimpleStatementLine(self, node: cst.SimpleStatementLine) -> bool:
+        return self.descend(node)
+
+    @property
+    def quote(self) -> str:
+        """The quote character of the file (from ``context.scratch[QUOTE_KEY]`` or counted once)."""
+        if self._quote is None:
+            self._quote = self.context.scratch.get(QUOTE_KEY) or file_quote(self._module)
+        return self._quote
+
+    def visit_Module(self, node: cst.Module) -> None:
+        self._module = node
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> Optional[bool]:
+        self._scope.append(node.name.value)
+        return None
+
+    def leave_ClassDef(self, original_node: cst.ClassDef, updated_node: cst.ClassDef) -> cst.CSTNode:
+        self._scope.pop()
+        return updated_node
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> Optional[bool]:
+        self._scope.append(node.name.value)
+        return None
+
+    def leave_FunctionDef(self, original_node: cst.FunctionDef, updated_node: cst.FunctionDef) -> cst.CSTNode:
+        self._scope.pop()
+        return updated_node
+
+
+def _expression_python(code: str, blank_constants: bool = False) -> str:
+    return _python(code, blank_constants, mode="eval")
