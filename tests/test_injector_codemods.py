@@ -25,6 +25,7 @@ from tsattn.injector.codemods import (
     file_quote,
     literal,
 )
+from tsattn.injector.codemods import AnchoredCodemod
 from tsattn.injector.errors import AnchorNotFound
 from tsattn.injector.templates import MODULES, Template, render_templates, template_constant
 
@@ -520,3 +521,62 @@ def test_every_registered_recipe_template_is_marked_and_renders():
             if t.source.parent != MODULES:
                 assert t.source.read_bytes().startswith(MARKER), f"{t.source} lacks the {MARKER!r} marker"
         assert render_templates(recipe.templates)
+
+
+# --- the base class: find the anchor or raise ---------------------------------------------------------------------
+
+
+class _FindsDefName(AnchoredCodemod):
+    """A codemod of a test: its anchor is a top-level def of the given name."""
+
+    def __init__(self, context, name):
+        super().__init__(context)
+        self.name = name
+
+    def anchor(self):
+        return f"def {self.name}"
+
+    def visit_FunctionDef(self, node):
+        super().visit_FunctionDef(node)
+        self.found = self.found or node.name.value == self.name
+        return False
+
+
+def test_anchored_codemod_raises_naming_the_file_and_the_anchor():
+    assert run("def f():\n    pass\n", _FindsDefName, name="f") == "def f():\n    pass\n"
+    with pytest.raises(AnchorNotFound) as err:
+        run("def g():\n    pass\n", _FindsDefName, name="f")
+    assert (err.value.path, err.value.symbol) == ("pkg/mod.py", "def f")
+    assert str(err.value) == "pkg/mod.py: anchor not found: def f; nothing was written"
+
+
+def test_anchored_codemod_forgets_an_anchor_found_in_another_module():
+    codemod = _FindsDefName(CodemodContext(filename="pkg/mod.py"), name="f")
+    codemod.transform_module(cst.parse_module("def f():\n    pass\n"))
+    with pytest.raises(AnchorNotFound):
+        codemod.transform_module(cst.parse_module("x = 1\n"))
+
+
+@pytest.mark.parametrize("codemod, args, symbol", [
+    (AddClass, dict(source="class C:\n    pass\n", after="Missing"), "top-level class or def 'Missing'"),
+    (AddMethod, dict(class_name="Missing", source="def m(self):\n    pass\n"), "class Missing"),
+    (AddMethod, dict(class_name="A", source="def m(self):\n    pass\n", after="nope"), "method A.nope"),
+    (AddArgparseArgument, dict(flag="--b", after="--missing"), "add_argument('--missing')"),
+    (WrapCall, dict(scope="A.f", target="self.x", callee="Missing", template="g({call})"),
+     "self.x = Missing(...) in A.f"),
+    (SetKeyword, dict(callee="Missing", keyword="k", value=1, scope="A.f"), "call Missing(...) in A.f"),
+    (SetKeyword, dict(callee="Missing", keyword="k", value=1), "call Missing(...)"),
+    (SetParameterDefault, dict(function="A.missing", param="p", value=1), "def A.missing"),
+    (AddKeywordsParameter, dict(function="A.missing", name="kw"), "def A.missing"),
+    (AddKeywordsParameter, dict(function="A.f", name="kw"), "def A.f with **kw (it has **other)"),
+    (ReplaceExpression, dict(scope="A.f", old="missing(1)", new="other(1)"), "expression `missing(1)` in A.f"),
+    (ReplaceExpression, dict(scope="", old="missing(1)", new="other(1)"), "expression `missing(1)` in module level"),
+    (ExtendTuple, dict(name="T", values=(1,), after="import missing"), "module-level statement `import missing`"),
+    (InsertStatements, dict(scope="A.f", after="missing = 1", statements="y = 2\n"),
+     "statement `missing = 1` in A.f"),
+])
+def test_every_anchored_codemod_names_the_file_and_its_anchor(codemod, args, symbol):
+    code = "import argparse\n\n\nclass A:\n    def f(self, **other):\n        self.x = make(1)\n"
+    with pytest.raises(AnchorNotFound) as err:
+        run(code, codemod, **args)
+    assert (err.value.path, err.value.symbol) == ("pkg/mod.py", symbol)

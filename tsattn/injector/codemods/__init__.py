@@ -15,7 +15,10 @@ Each codemod is a ``VisitorBasedCodemodCommand`` whose constructor takes the ``C
 arguments; a recipe names the class and the arguments (``Edit(path, AddClass, source=..., after=...)``) and the
 engine runs it with ``codemod.transform_module(tree)``. Every codemod is idempotent: run on its own output it
 changes nothing, and run with new values it updates the code it inserted instead of inserting it again. A
-missing anchor raises ``AnchorNotFound`` naming the file (``context.filename``) and the symbol.
+missing anchor raises ``AnchorNotFound`` naming the file (``context.filename``) and the symbol: that logic is
+``AnchoredCodemod``'s (base.py), which every codemod with an anchor subclasses (it names the anchor in
+``anchor()`` and sets ``found``); ``ScopedCodemod`` adds a dotted scope to edit in, ``FunctionCodemod`` the
+definition of one function.
 
     AddImport(module, names)                      from MODULE import NAME, ... (merged into an existing import;
                                                   ".sibling" is a module beside the file); AddImportsVisitor
@@ -59,7 +62,8 @@ the quote the file uses most (``file_quote``). Untouched code keeps its exact by
 from __future__ import annotations
 
 from tsattn.injector.codemods.argparse_arguments import AddArgparseArgument
-from tsattn.injector.codemods.base import NO_VALUE, QUOTE_KEY, Code, file_quote, literal
+from tsattn.injector.codemods.base import (NO_VALUE, QUOTE_KEY, AnchoredCodemod, Code, FunctionCodemod, ScopedCodemod,
+                                          file_quote, literal)
 from tsattn.injector.codemods.calls import SetKeyword, WrapCall
 from tsattn.injector.codemods.definitions import AddClass, AddMethod
 from tsattn.injector.codemods.imports import AddImport, RewriteImportFrom
@@ -72,13 +76,16 @@ __all__ = [
     "AddImport",
     "AddKeywordsParameter",
     "AddMethod",
+    "AnchoredCodemod",
     "Code",
     "ExtendTuple",
+    "FunctionCodemod",
     "InsertStatements",
     "NO_VALUE",
     "QUOTE_KEY",
     "ReplaceExpression",
     "RewriteImportFrom",
+    "ScopedCodemod",
     "SetKeyword",
     "SetParameterDefault",
     "WrapCall",

@@ -8,8 +8,7 @@ import libcst as cst
 import libcst.matchers as m
 from libcst.codemod import CodemodContext
 
-from tsattn.injector.errors import AnchorNotFound
-from tsattn.injector.codemods.base import NO_VALUE, _Codemod, _dotted, _keyword, literal
+from tsattn.injector.codemods.base import NO_VALUE, AnchoredCodemod, _dotted, _keyword, literal
 
 
 class _StatementFinder(cst.CSTVisitor):
@@ -41,7 +40,7 @@ def _argument_flags(statement: cst.CSTNode) -> Tuple[str, ...]:
     return tuple(flags)
 
 
-class AddArgparseArgument(_Codemod):
+class AddArgparseArgument(AnchoredCodemod):
     """``<parser>.add_argument(flag, type=..., default=..., choices=..., help=...)`` after the statement that adds
     the argument ``after`` (same parser object); an existing ``flag`` gets these keywords instead.
 
@@ -65,13 +64,12 @@ class AddArgparseArgument(_Codemod):
         self.flag, self.after = flag, after
         self.type, self.default, self.choices, self.help = type, default, choices, help
         self.exists = False
-        self.anchored = False
 
     def visit_Module(self, node: cst.Module) -> None:
         super().visit_Module(node)
         finder = _StatementFinder(lambda s: self.flag in _argument_flags(s))
         node.visit(finder)
-        self.exists = finder.found
+        self.exists = self.found = finder.found
 
     def _call(self, func: cst.BaseExpression) -> cst.Call:
         args = [cst.Arg(literal(self.flag, self.quote))]
@@ -94,7 +92,7 @@ class AddArgparseArgument(_Codemod):
                 statement = statement.with_changes(body=[expr.with_changes(value=self._call(expr.value.func))])
             out.append(statement)
             if not self.exists and self.after in flags:
-                self.anchored = True
+                self.found = True
                 out.append(cst.SimpleStatementLine(body=[cst.Expr(self._call(statement.body[0].value.func))]))
         return out
 
@@ -102,7 +100,7 @@ class AddArgparseArgument(_Codemod):
         return updated_node.with_changes(body=self._edit(updated_node.body))
 
     def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
-        updated_node = updated_node.with_changes(body=self._edit(updated_node.body))
-        if not self.exists and not self.anchored:
-            raise AnchorNotFound(self.path, f"add_argument({self.after!r})")
-        return updated_node
+        return updated_node.with_changes(body=self._edit(updated_node.body))
+
+    def anchor(self) -> str:
+        return f"add_argument({self.after!r})"

@@ -7,12 +7,14 @@ import ast
 import io
 import tokenize
 from dataclasses import dataclass
-from typing import Any, List, Optional, Union
+from typing import Any, List, Optional, Sequence, Union
 
 import libcst as cst
 import libcst.matchers as m
 from libcst.codemod import Codemod, CodemodContext, VisitorBasedCodemodCommand
 from libcst.helpers import get_full_name_for_node
+
+from tsattn.injector.errors import AnchorNotFound
 
 
 class _NoValue:
@@ -232,6 +234,84 @@ class _Codemod(VisitorBasedCodemodCommand):
     def leave_FunctionDef(self, original_node: cst.FunctionDef, updated_node: cst.FunctionDef) -> cst.CSTNode:
         self._scope.pop()
         return updated_node
+
+
+
+class AnchoredCodemod(_Codemod):
+    """A codemod that must find its anchor, the symbol it edits or inserts next to, in the file.
+
+    A subclass names its anchor with ``anchor()`` (a phrase for the message: ``"def Model.__init__"``,
+    ``"call f(...) in Model.__init__"``) and sets ``self.found = True`` where it finds it; ``found`` is reset at
+    the start of every module. When the module is done and the anchor was not found, ``AnchorNotFound`` naming
+    the file (``context.filename``) and the anchor is raised. ``missing(symbol)`` is that error for a more
+    specific anchor (a method ``after`` that the class lacks, a parameter of the wrong name), to raise at once.
+    """
+
+    found = False
+
+    def anchor(self) -> str:
+        raise NotImplementedError(f"{type(self).__name__} names no anchor")
+
+    def missing(self, symbol: Optional[str] = None) -> AnchorNotFound:
+        return AnchorNotFound(self.path, self.anchor() if symbol is None else symbol)
+
+    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
+        self.found = False
+        tree = super().transform_module_impl(tree)
+        if not self.found:
+            raise self.missing()
+        return tree
+
+
+class ScopedCodemod(AnchoredCodemod):
+    """An ``AnchoredCodemod`` that edits inside one dotted scope, ``target_scope`` (``"Model.__init__"``; ``""``:
+    module level; None: anywhere), descending into the simple statements there; ``where`` names it for
+    ``anchor()``."""
+
+    def __init__(self, context: CodemodContext, scope: Optional[str]) -> None:
+        super().__init__(context)
+        self.target_scope = scope
+
+    @property
+    def in_scope(self) -> bool:
+        return self.target_scope is None or self.scope == self.target_scope
+
+    @property
+    def where(self) -> str:
+        return "anywhere" if self.target_scope is None else self.target_scope or "module level"
+
+    def descend(self, node: cst.SimpleStatementLine) -> bool:
+        return self.in_scope
+
+
+class FunctionCodemod(AnchoredCodemod):
+    """An ``AnchoredCodemod`` that edits the definition of one function, ``function`` (dotted:
+    ``"Block.__init__"``), in ``edit_function``; its anchor is ``def <function>``."""
+
+    def __init__(self, context: CodemodContext, function: str) -> None:
+        super().__init__(context)
+        self.function = function
+
+    def anchor(self) -> str:
+        return f"def {self.function}"
+
+    def edit_function(self, node: cst.FunctionDef) -> cst.FunctionDef:
+        raise NotImplementedError
+
+    def leave_FunctionDef(self, original_node: cst.FunctionDef, updated_node: cst.FunctionDef) -> cst.FunctionDef:
+        here = self.scope
+        super().leave_FunctionDef(original_node, updated_node)
+        if here != self.function:
+            return updated_node
+        self.found = True
+        return self.edit_function(updated_node)
+
+
+def _separator(items: Sequence[Union[cst.Param, cst.Arg]]) -> cst.Comma:
+    """The comma a parameter or argument list uses between its items (a copy of the one before its last item;
+    ``", "`` when it has none)."""
+    between = items[-2].comma if len(items) > 1 and isinstance(items[-2].comma, cst.Comma) else None
+    return between.deep_clone() if between is not None else cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
 
 
 def _expression_python(code: str, blank_constants: bool = False) -> str:

@@ -9,14 +9,13 @@ import libcst.matchers as m
 from libcst.codemod import CodemodContext
 from libcst.helpers import parse_template_expression
 
-from tsattn.injector.errors import AnchorNotFound
-from tsattn.injector.codemods.base import _Codemod, _keyword, literal, _MatchQuotes, _name, _python
+from tsattn.injector.codemods.base import ScopedCodemod, _keyword, literal, _MatchQuotes, _name, _python, _separator
 
 
 _PLACEHOLDER = "_tsattn_wrapped_call_"
 
 
-class WrapCall(_Codemod):
+class WrapCall(ScopedCodemod):
     """In ``target = callee(...)`` inside ``scope``, replace the call by ``template``.
 
     ``template`` is a libcst template expression: ``{call}`` stands for the original call, ``{name}`` for the
@@ -37,24 +36,23 @@ class WrapCall(_Codemod):
         template: str,
         values: Optional[Mapping[str, Any]] = None,
     ) -> None:
-        super().__init__(context)
-        self.target_scope, self.target, self.callee, self.template = scope, target, callee, template
+        super().__init__(context, scope)
+        self.target, self.callee, self.template = target, callee, template
         self.values = dict(values or {})
         probe = self._build(cst.Name(_PLACEHOLDER), '"')
         code = cst.Module(body=[]).code_for_node(probe)
         if code.count(_PLACEHOLDER) != 1:
             raise ValueError("WrapCall: template must use {call} exactly once")
         self.shape = _python(code, blank_constants=True)
-        self.found = False
+
+    def anchor(self) -> str:
+        return f"{self.target} = {self.callee}(...) in {self.where}"
 
     def _build(self, call: cst.BaseExpression, quote: str) -> cst.BaseExpression:
         values = {k: literal(v, quote) for k, v in self.values.items()}
         tree = parse_template_expression(self.template, call=cst.Name(_PLACEHOLDER), **values)
         tree = tree.visit(_MatchQuotes(quote))
         return tree.deep_replace(m.findall(tree, m.Name(_PLACEHOLDER))[0], call)
-
-    def descend(self, node: cst.SimpleStatementLine) -> bool:
-        return self.scope == self.target_scope
 
     def _is_call_to(self, node: cst.CSTNode, name: str) -> bool:
         return isinstance(node, cst.Call) and _name(node.func) == name
@@ -68,7 +66,7 @@ class WrapCall(_Codemod):
         return calls[0] if _python(shape, blank_constants=True) == self.shape else None
 
     def leave_Assign(self, original_node: cst.Assign, updated_node: cst.Assign) -> cst.Assign:
-        if self.scope != self.target_scope or len(updated_node.targets) != 1:
+        if not self.in_scope or len(updated_node.targets) != 1:
             return updated_node
         if _name(updated_node.targets[0].target) != self.target:
             return updated_node
@@ -79,14 +77,8 @@ class WrapCall(_Codemod):
         self.found = True
         return updated_node.with_changes(value=self._build(inner, self.quote))
 
-    def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
-        if not self.found:
-            where = self.target_scope or "module level"
-            raise AnchorNotFound(self.path, f"{self.target} = {self.callee}(...) in {where}")
-        return updated_node
 
-
-class SetKeyword(_Codemod):
+class SetKeyword(ScopedCodemod):
     """Add or update ``keyword=value`` in every call to ``callee`` (within ``scope`` when given).
 
     ``keyword="**"`` is the call's ``**value`` argument (added last, or its value updated).
@@ -96,17 +88,16 @@ class SetKeyword(_Codemod):
 
     def __init__(self, context: CodemodContext, callee: str, keyword: str, value: Any,
                  scope: Optional[str] = None) -> None:
-        super().__init__(context)
-        self.callee, self.keyword, self.value, self.target_scope = callee, keyword, value, scope
-        self.found = False
+        super().__init__(context, scope)
+        self.callee, self.keyword, self.value = callee, keyword, value
 
-    def descend(self, node: cst.SimpleStatementLine) -> bool:
-        return self.target_scope is None or self.scope == self.target_scope
+    def anchor(self) -> str:
+        return f"call {self.callee}(...)" + (f" in {self.target_scope}" if self.target_scope else "")
 
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.Call:
         if _name(updated_node.func) != self.callee:
             return updated_node
-        if self.target_scope is not None and self.scope != self.target_scope:
+        if not self.in_scope:
             return updated_node
         self.found = True
         value = literal(self.value, self.quote)
@@ -123,18 +114,10 @@ class SetKeyword(_Codemod):
             if args and isinstance(args[-1].comma, cst.Comma):
                 # a trailing comma (e.g. one argument per line): the new argument takes it, and the old last one
                 # the separator the others use, so that the layout is kept
-                between = args[-2].comma if len(args) > 1 and isinstance(args[-2].comma, cst.Comma) else None
-                between = between.deep_clone() if between is not None else cst.Comma(
-                    whitespace_after=cst.SimpleWhitespace(" "))
                 new = new.with_changes(comma=args[-1].comma)
-                args[-1] = args[-1].with_changes(comma=between)
+                args[-1] = args[-1].with_changes(comma=_separator(args))
             elif args:  # the new argument takes what followed the old last one (e.g. a line break before ")")
                 new = new.with_changes(whitespace_after_arg=args[-1].whitespace_after_arg)
                 args[-1] = args[-1].with_changes(whitespace_after_arg=cst.SimpleWhitespace(""))
             args.append(new)
         return updated_node.with_changes(args=args)
-
-    def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
-        if not self.found:
-            raise AnchorNotFound(self.path, f"call {self.callee}(...)" + (f" in {self.target_scope}" if self.target_scope else ""))
-        return updated_node

@@ -8,8 +8,7 @@ import libcst as cst
 import libcst.matchers as m
 from libcst.codemod import CodemodContext
 
-from tsattn.injector.errors import AnchorNotFound
-from tsattn.injector.codemods.base import _blank_lines, _Codemod, _def_name, _parse_snippet
+from tsattn.injector.codemods.base import _blank_lines, AnchoredCodemod, _def_name, _parse_snippet
 
 
 def _block_body(node: Union[cst.Module, cst.IndentedBlock]) -> List[cst.CSTNode]:
@@ -35,7 +34,7 @@ def _place_definition(body: List[cst.CSTNode], new: cst.CSTNode, name: str, afte
 
 
 
-class AddClass(_Codemod):
+class AddClass(AnchoredCodemod):
     """A top-level class or function (``source``: exactly one definition) after the definition ``after``.
 
     Without ``after`` it goes at the end of the module. An existing definition of the same name is replaced
@@ -63,11 +62,15 @@ class AddClass(_Codemod):
     def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
         body = _place_definition(_block_body(updated_node), _parse_snippet(self.source, self.quote).body[0],
                                  self.name, self.after, blank_lines=2,
-                                 missing=lambda: AnchorNotFound(self.path, f"top-level class or def {self.after!r}"))
+                                 missing=self.missing)
+        self.found = True
         return updated_node.with_changes(body=body)
 
+    def anchor(self) -> str:
+        return f"top-level class or def {self.after!r}"
 
-class AddMethod(_Codemod):
+
+class AddMethod(AnchoredCodemod):
     """A method (``source``: one ``def``) in top-level class ``class_name``, after method ``after`` (else last);
     replaced in place when the class already has a method of that name."""
 
@@ -80,7 +83,9 @@ class AddMethod(_Codemod):
         if len(body) != 1 or not m.matches(body[0], m.FunctionDef()):
             raise ValueError("AddMethod: source must hold exactly one function definition")
         self.name = body[0].name.value
-        self.found = False
+
+    def anchor(self) -> str:
+        return f"class {self.class_name}"
 
     def visit_ClassDef(self, node: cst.ClassDef) -> bool:
         outer = self.scope
@@ -98,10 +103,5 @@ class AddMethod(_Codemod):
         self.found = True
         body = _place_definition(_block_body(updated_node.body), _parse_snippet(self.source, self.quote).body[0],
                                  self.name, self.after, blank_lines=1,
-                                 missing=lambda: AnchorNotFound(self.path, f"method {self.class_name}.{self.after}"))
+                                 missing=lambda: self.missing(f"method {self.class_name}.{self.after}"))
         return updated_node.with_changes(body=updated_node.body.with_changes(body=body))
-
-    def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
-        if not self.found:
-            raise AnchorNotFound(self.path, f"class {self.class_name}")
-        return updated_node

@@ -9,11 +9,10 @@ import libcst as cst
 import libcst.matchers as m
 from libcst.codemod import CodemodContext
 
-from tsattn.injector.errors import AnchorNotFound
-from tsattn.injector.codemods.base import _code, _Codemod, _expression_python, literal, _MatchQuotes, _parse_snippet, _python
+from tsattn.injector.codemods.base import _code, AnchoredCodemod, ScopedCodemod, _expression_python, literal, _MatchQuotes, _parse_snippet, _python
 
 
-class ReplaceExpression(_Codemod):
+class ReplaceExpression(ScopedCodemod):
     """Replace every expression ``old`` inside ``scope`` (``""``: module level; nested blocks, comprehensions and
     lambdas included, nested defs and classes not) by the expression ``new``.
 
@@ -26,21 +25,20 @@ class ReplaceExpression(_Codemod):
     DESCRIPTION = "Replace an expression (compared as Python) by another."
 
     def __init__(self, context: CodemodContext, scope: str, old: str, new: str) -> None:
-        super().__init__(context)
-        self.target_scope, self.old, self.new = scope, old, new
+        super().__init__(context, scope)
+        self.old, self.new = old, new
         self.old_python = _expression_python(old)
         self.new_python = _expression_python(new)
         self.new_shape = _expression_python(new, blank_constants=True)
         self.old_type = type(cst.parse_expression(old.strip()))
         self.new_type = type(cst.parse_expression(new.strip()))
-        self.found = False
 
-    def descend(self, node: cst.SimpleStatementLine) -> bool:
-        return self.scope == self.target_scope
+    def anchor(self) -> str:
+        return f"expression `{self.old.strip()}` in {self.where}"
 
     def on_leave(self, original_node: cst.CSTNode, updated_node: cst.CSTNode):
         result = super().on_leave(original_node, updated_node)
-        if self.scope != self.target_scope or not isinstance(result, (self.old_type, self.new_type)):
+        if not self.in_scope or not isinstance(result, (self.old_type, self.new_type)):
             return result
         code = cst.Module(body=[]).code_for_node(result.with_changes(lpar=[], rpar=[]))
         try:
@@ -56,14 +54,8 @@ class ReplaceExpression(_Codemod):
             self.found = True
         return result
 
-    def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
-        if not self.found:
-            where = self.target_scope or "module level"
-            raise AnchorNotFound(self.path, f"expression `{self.old.strip()}` in {where}")
-        return updated_node
 
-
-class ExtendTuple(_Codemod):
+class ExtendTuple(AnchoredCodemod):
     """The module-level assignment ``name = (...)``, a tuple of literals, holds every one of ``values``: the
     missing ones are appended, in order, the others kept where they are (so several recipes can each add their
     own to one registry). Without the assignment, ``name = (values...)`` is inserted after the module-level
@@ -101,9 +93,10 @@ class ExtendTuple(_Codemod):
             try:
                 current = ast.literal_eval(cst.Module(body=[]).code_for_node(assign.value))
             except ValueError:
-                raise AnchorNotFound(self.path, f"{self.name} = (...) holding only literals") from None
+                raise self.missing(f"{self.name} = (...) holding only literals") from None
             if not isinstance(current, tuple):
-                raise AnchorNotFound(self.path, f"{self.name} = (...) as a tuple (it is a {type(current).__name__})")
+                raise self.missing(f"{self.name} = (...) as a tuple (it is a {type(current).__name__})")
+            self.found = True
             missing = [v for v in self.values if v not in current]
             if missing:
                 value = literal(current + tuple(missing), self.quote)
@@ -117,11 +110,15 @@ class ExtendTuple(_Codemod):
                     new = new.with_changes(leading_lines=[
                         cst.EmptyLine(), cst.EmptyLine(comment=cst.Comment("# " + self.comment))])
                 body.insert(i + 1, new)
+                self.found = True
                 return updated_node.with_changes(body=body)
-        raise AnchorNotFound(self.path, f"module-level statement `{self.after.strip()}`")
+        return updated_node
+
+    def anchor(self) -> str:
+        return f"module-level statement `{self.after.strip()}`"
 
 
-class InsertStatements(_Codemod):
+class InsertStatements(ScopedCodemod):
     """Insert ``statements`` right after the statement ``after`` in the body of ``scope`` (``""``: module level),
     or in a block nested in it (the body of a loop, ``if``, ``with`` or ``try``; not a nested def or class).
 
@@ -135,11 +132,11 @@ class InsertStatements(_Codemod):
     DESCRIPTION = "Insert statements after an anchor statement, or update them."
 
     def __init__(self, context: CodemodContext, scope: str, after: Union[str, Sequence[str]], statements: str) -> None:
-        super().__init__(context)
+        super().__init__(context, scope)
         anchors = [after] if isinstance(after, str) else list(after)
         if not anchors:
             raise ValueError("InsertStatements: after must name at least one statement")
-        self.target_scope, self.statements = scope, statements
+        self.statements = statements
         self.after_source = " or ".join(f"`{a.strip()}`" for a in anchors)
         self.anchors = {_python(a) for a in anchors}
         # anchors that are simple statements are only compared with simple statements (cheaper)
@@ -147,7 +144,9 @@ class InsertStatements(_Codemod):
         snippet = cst.parse_module(statements).body
         self.count = len(snippet)
         self.shape = [_python(_code(s), True) for s in snippet]
-        self.found = False
+
+    def anchor(self) -> str:
+        return f"statement {self.after_source} in {self.where}"
 
     def _is_anchor(self, statement: cst.CSTNode) -> bool:
         if self.simple and not isinstance(statement, cst.SimpleStatementLine):
@@ -170,14 +169,11 @@ class InsertStatements(_Codemod):
         return body[: at[-1] + 1] + new + body[at[-1] + 1 :]
 
     def leave_IndentedBlock(self, original_node: cst.IndentedBlock, updated_node: cst.IndentedBlock) -> cst.IndentedBlock:
-        if self.scope != self.target_scope:
+        if not self.in_scope:
             return updated_node
         return updated_node.with_changes(body=self._edit(updated_node.body))
 
     def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
         if self.target_scope == "":
             updated_node = updated_node.with_changes(body=self._edit(updated_node.body))
-        if not self.found:
-            where = self.target_scope or "module level"
-            raise AnchorNotFound(self.path, f"statement {self.after_source} in {where}")
         return updated_node
