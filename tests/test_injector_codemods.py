@@ -25,7 +25,7 @@ from tsattn.injector.codemods import (
     file_quote,
     literal,
 )
-from tsattn.injector.codemods import AnchoredCodemod
+from tsattn.injector.codemods import AnchoredCodemod, FilePass
 from tsattn.injector.errors import AnchorNotFound
 from tsattn.injector.templates import MODULES, Template, render_templates, template_constant
 
@@ -580,3 +580,62 @@ def test_every_anchored_codemod_names_the_file_and_its_anchor(codemod, args, sym
     with pytest.raises(AnchorNotFound) as err:
         run(code, codemod, **args)
     assert (err.value.path, err.value.symbol) == ("pkg/mod.py", symbol)
+
+
+# --- imports: queued in the context, applied once at the end of the file's pass -----------------------------------
+
+
+def run_pass(code: str, *codemods) -> str:
+    context = CodemodContext(filename="pkg/mod.py", full_module_name="pkg.mod", full_package_name="pkg")
+    return FilePass(context, codemods).transform_module(cst.parse_module(code)).code
+
+
+def test_two_codemods_asking_for_one_import_give_one_import_line():
+    before = '"""Doc."""\nimport os\n\nx = 1\n'
+    out = run_pass(before, (AddImport, dict(module="torch.nn", names=["Linear"])),
+                   (AddClass, dict(source="def f():\n    return Linear\n")),
+                   (AddImport, dict(module="torch.nn", names=["Linear"])))
+    assert out == '"""Doc."""\nimport os\nfrom torch.nn import Linear\n\nx = 1\n\n\ndef f():\n    return Linear\n'
+    assert run_pass(out, (AddImport, dict(module="torch.nn", names=["Linear"]))) == out
+
+
+def test_imports_of_one_pass_are_merged_and_applied_at_its_end():
+    seen = []
+
+    class Peek(AnchoredCodemod):  # what a codemod between the two AddImports sees
+        def anchor(self):
+            return "anything"
+
+        def transform_module_impl(self, tree):
+            seen.append(tree.code)
+            self.found = True
+            return tree
+
+    before = "from torch import nn\n\nx = 1\n"
+    out = run_pass(before, (AddImport, dict(module="torch", names=["cat"])), (Peek, {}),
+                   (AddImport, dict(module=".sibling", names=["B", "A"])), (AddImport, dict(module="torch", names=["cat"])))
+    assert seen == [before]  # nothing applied before the pass ends
+    assert out == "from torch import cat, nn\nfrom pkg.sibling import A, B\n\nx = 1\n"
+
+
+def test_the_engine_runs_one_pass_per_file():
+    from tsattn.injector.engine import apply_edits
+    from tsattn.injector.recipe import Edit
+
+    edits = [Edit("pkg/mod.py", AddImport, module="torch", names=["nn"]),
+             Edit("pkg/mod.py", AddImport, module="torch", names=["nn"]),
+             Edit("pkg/mod.py", SetKeyword, callee="f", keyword="k", value=1)]
+    assert apply_edits("pkg/mod.py", b"import os\n\nf()\n", edits) == b"import os\nfrom torch import nn\n\nf(k=1)\n"
+
+
+def test_a_codemod_may_anchor_on_an_import_queued_before_it_in_the_pass():
+    imp = "from pkg.attn import TYPES, make"
+    edits = [(AddImport, dict(module=".attn", names=["make", "TYPES"])),
+             (ExtendTuple, dict(name="ENABLED", values=("a",), after=imp, comment="enabled"))]
+    before = "import os\n\n\nclass A:\n    pass\n"
+    out = run_pass(before, *edits)
+    assert out == f"import os\n{imp}\n\n# enabled\nENABLED = (\"a\",)\n\n\nclass A:\n    pass\n"
+    assert run_pass(out, *edits) == out
+    # the module already imported: the import merges into it, so the anchor is not a statement of its own
+    with pytest.raises(AnchorNotFound):
+        run_pass("from pkg.attn import other\n\nx = 1\n", *edits)

@@ -39,7 +39,7 @@ Adding a recipe is adding ONE module, ``recipes/<kind>_<feature>.py`` (real ones
     ))
 
 - Options become ``--<name>`` flags of ``tsattn-inject`` (shared by recipes using the same name); a re-run with a
-  new value must update the code in place, which the codemods do (each is idempotent, see ``codemods.py``).
+  new value must update the code in place, which the codemods do (each is idempotent, see ``codemods/``).
 - Templates: files of ``tsattn/modules/`` are installed verbatim (a template imports a sibling only relatively,
   and the sibling is installed beside it, under the recipe's name for it if the recipe lists it). Files specific
   to a recipe live in the recipe's package (``recipes/<kind>_templates/``), are real, tested Python, import

@@ -49,7 +49,7 @@ import libcst as cst
 from libcst.codemod import CodemodContext
 
 from tsattn import __version__
-from tsattn.injector.codemods import QUOTE_KEY, file_quote
+from tsattn.injector.codemods import QUOTE_KEY, FilePass, file_quote
 from tsattn.injector import transaction
 from tsattn.injector.errors import AnchorNotFound, InjectError, RefusedError, SourceSyntaxError, UsageError, WriteFailed
 from tsattn.injector.gitrepo import GitRepo
@@ -107,7 +107,8 @@ def _read(path: Path) -> Optional[bytes]:
 
 
 def apply_edits(path: str, source: bytes, edits: Sequence[Edit]) -> bytes:
-    """Run the codemods of ``edits`` on ``source`` (the bytes of ``path``) and return the new bytes."""
+    """Run the codemods of ``edits`` on ``source`` (the bytes of ``path``), in one ``FilePass``, and return the
+    new bytes."""
     try:
         tree = cst.parse_module(source)
     except cst.ParserSyntaxError as exc:
@@ -116,12 +117,10 @@ def apply_edits(path: str, source: bytes, edits: Sequence[Edit]) -> bytes:
     if module.endswith(".__init__"):
         module = module[: -len(".__init__")]
     package = module.rpartition(".")[0] if not path.endswith("__init__.py") else module
-    quote = file_quote(source)
-    for edit in edits:
-        context = CodemodContext(filename=path, full_module_name=module, full_package_name=package,
-                                 scratch={QUOTE_KEY: quote})
-        tree = edit.codemod(context, **edit.args).transform_module(tree)
-    return tree.bytes
+    # one context and one pass per file: the imports the codemods queue are applied once, at the end
+    context = CodemodContext(filename=path, full_module_name=module, full_package_name=package,
+                             scratch={QUOTE_KEY: file_quote(source)})
+    return FilePass(context, [(edit.codemod, edit.args) for edit in edits]).transform_module(tree).bytes
 
 
 def plan(root: Path, recipe: Recipe, options: Mapping[str, Any]) -> Files:

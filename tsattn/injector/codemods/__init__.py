@@ -56,14 +56,21 @@ as it is (``Code("use_pcca")``: a name, not a string). Scopes are dotted names o
 (``"Model.__init__"``; ``""`` is module level). Inserted code
 follows the file: libcst renders new blocks with the module's indentation and newline, and string literals get
 the quote the file uses most (``file_quote``). Untouched code keeps its exact bytes.
+
+One pass per file, as libcst composes codemods: the engine runs a file's codemods in order on one
+``CodemodContext`` (``FilePass``). ``AddImport`` only queues its import in that context
+(``AddImportsVisitor.add_needed_import``; a recipe's own codemod may do the same); the queued imports are applied
+once, when the pass ends (``apply_queued_imports``: libcst's ``AddImportsVisitor`` on the leading import block),
+so that two codemods asking for one import give one import line. A codemod run on its own applies the imports it
+queued when it ends.
 """
 
 
 from __future__ import annotations
 
 from tsattn.injector.codemods.argparse_arguments import AddArgparseArgument
-from tsattn.injector.codemods.base import (NO_VALUE, QUOTE_KEY, AnchoredCodemod, Code, FunctionCodemod, ScopedCodemod,
-                                          file_quote, literal)
+from tsattn.injector.codemods.base import (NO_VALUE, QUOTE_KEY, AnchoredCodemod, Code, FilePass, FunctionCodemod,
+                                          ScopedCodemod, apply_queued_imports, file_quote, literal)
 from tsattn.injector.codemods.calls import SetKeyword, WrapCall
 from tsattn.injector.codemods.definitions import AddClass, AddMethod
 from tsattn.injector.codemods.imports import AddImport, RewriteImportFrom
@@ -79,6 +86,7 @@ __all__ = [
     "AnchoredCodemod",
     "Code",
     "ExtendTuple",
+    "FilePass",
     "FunctionCodemod",
     "InsertStatements",
     "NO_VALUE",
@@ -89,6 +97,7 @@ __all__ = [
     "SetKeyword",
     "SetParameterDefault",
     "WrapCall",
+    "apply_queued_imports",
     "file_quote",
     "literal",
 ]

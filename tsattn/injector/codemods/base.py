@@ -7,12 +7,13 @@ import ast
 import io
 import tokenize
 from dataclasses import dataclass
-from typing import Any, List, Optional, Sequence, Union
+from typing import Any, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import libcst as cst
 import libcst.matchers as m
 from libcst.codemod import Codemod, CodemodContext, VisitorBasedCodemodCommand
-from libcst.helpers import get_full_name_for_node
+from libcst.codemod.visitors import AddImportsVisitor, ImportItem
+from libcst.helpers import get_absolute_module_from_package_for_import, get_full_name_for_node
 
 from tsattn.injector.errors import AnchorNotFound
 
@@ -192,7 +193,8 @@ class _Codemod(VisitorBasedCodemodCommand):
         self._quote: Optional[str] = None
 
     def transform_module(self, tree: cst.Module) -> cst.Module:
-        return self.transform_module_impl(tree)
+        """Run on its own (not in a ``FilePass``): the edit, then the imports it queued."""
+        return apply_queued_imports(self.context, self.transform_module_impl(tree))
 
     @property
     def path(self) -> str:
@@ -312,6 +314,90 @@ def _separator(items: Sequence[Union[cst.Param, cst.Arg]]) -> cst.Comma:
     ``", "`` when it has none)."""
     between = items[-2].comma if len(items) > 1 and isinstance(items[-2].comma, cst.Comma) else None
     return between.deep_clone() if between is not None else cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+
+
+
+# --- one pass per file: imports queued in the context, applied once at its end -------------------------------------
+
+_IMPORT_OR_DOCSTRING = m.SimpleStatementLine(body=[m.OneOf(m.Import(), m.ImportFrom(), m.Expr(m.SimpleString()))])
+
+
+def _import_block(body: Sequence[cst.CSTNode]) -> int:
+    """Length of the module's leading block of docstring and import statements (what AddImportsVisitor edits)."""
+    n = 0
+    for statement in body:
+        if not m.matches(statement, _IMPORT_OR_DOCSTRING):
+            break
+        n += 1
+    return n
+
+
+def _queued_imports(context: CodemodContext) -> List[ImportItem]:
+    return list(context.scratch.get(AddImportsVisitor.CONTEXT_KEY, ()))
+
+
+def apply_queued_imports(context: CodemodContext, tree: cst.Module) -> cst.Module:
+    """``tree`` with the imports queued in ``context`` (``AddImportsVisitor.add_needed_import``) added by libcst's
+    ``AddImportsVisitor``, each once (merged into an existing import of its module, else a new statement at the
+    end of the block), on the module's leading block of docstring and imports only; the queue is emptied."""
+    if not _queued_imports(context):
+        return tree
+    n = _import_block(tree.body)
+    head = AddImportsVisitor(context).transform_module(tree.with_changes(body=tree.body[:n]))
+    context.scratch.pop(AddImportsVisitor.CONTEXT_KEY, None)
+    return tree.with_changes(body=[*head.body, *tree.body[n:]])
+
+
+def pending_import_position(context: CodemodContext, body: Sequence[cst.CSTNode], statement: str) -> Optional[int]:
+    """Where the statement ``statement`` will stand in ``body`` (a module's) once the queued imports are applied,
+    when it is a ``from M import a, b`` that they add as a new statement (the imports queued for ``M`` are these
+    names, and ``M`` is not imported in the leading block yet): the end of the leading block. None otherwise.
+
+    So a codemod can anchor on an import that an earlier codemod of the same pass queued (``ExtendTuple(after=
+    "from .x import A")`` after ``AddImport(".x", ["A"])``), as it could when imports were added at once."""
+    try:
+        parsed = ast.parse(statement.strip()).body
+    except SyntaxError:
+        return None
+    if len(parsed) != 1 or not isinstance(parsed[0], ast.ImportFrom) or any(a.asname for a in parsed[0].names):
+        return None
+    package = context.full_package_name
+    module = ImportItem(parsed[0].module or "", None, None, parsed[0].level).resolve_relative(package).module
+    queued = [i.resolve_relative(package) for i in _queued_imports(context)]
+    names = sorted({i.obj_name for i in queued if i.module == module and i.obj_name and i.alias is None})
+    if not names or names != [a.name for a in parsed[0].names]:
+        return None
+    n = _import_block(body)
+    for existing in body[:n]:
+        for node in existing.body:
+            if isinstance(node, cst.ImportFrom) and get_absolute_module_from_package_for_import(package, node) == module:
+                return None
+    return n
+
+
+class FilePass(Codemod):
+    """The codemods of one file, run in order on one ``CodemodContext``, the way libcst composes transforms
+    (``MagicArgsCodemodCommand``): each runs on the tree the one before returned, the imports they queue are
+    applied once, when the last is done (``apply_queued_imports``).
+
+    ``codemods``: ``(codemod class, keyword arguments)`` pairs, each instantiated with the shared context.
+    """
+
+    def __init__(self, context: CodemodContext, codemods: Sequence[Tuple[Type[Codemod], Mapping[str, Any]]]) -> None:
+        super().__init__(context)
+        self.codemods = list(codemods)
+
+    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
+        for codemod, args in self.codemods:
+            transform = codemod(self.context, **args)
+            if isinstance(transform, _Codemod):
+                tree = transform.transform_module_impl(tree)
+            else:  # another libcst codemod: its metadata handled, its queued imports left to the end of the pass
+                tree = Codemod.transform_module(transform, tree)
+        return tree
+
+    def transform_module(self, tree: cst.Module) -> cst.Module:
+        return apply_queued_imports(self.context, self.transform_module_impl(tree))
 
 
 def _expression_python(code: str, blank_constants: bool = False) -> str:

@@ -5,24 +5,10 @@ from __future__ import annotations
 from typing import Sequence
 
 import libcst as cst
-import libcst.matchers as m
 from libcst.codemod import CodemodContext
-from libcst.codemod.visitors import AddImportsVisitor, ImportItem
+from libcst.codemod.visitors import AddImportsVisitor
 
 from tsattn.injector.codemods.base import _Codemod, _dotted, _name
-
-
-_IMPORT_OR_DOCSTRING = m.SimpleStatementLine(body=[m.OneOf(m.Import(), m.ImportFrom(), m.Expr(m.SimpleString()))])
-
-
-def _import_block(body: Sequence[cst.CSTNode]) -> int:
-    """Length of the module's leading block of docstring and import statements (what AddImportsVisitor edits)."""
-    n = 0
-    for statement in body:
-        if not m.matches(statement, _IMPORT_OR_DOCSTRING):
-            break
-        n += 1
-    return n
 
 
 class AddImport(_Codemod):
@@ -31,21 +17,25 @@ class AddImport(_Codemod):
     A leading dot names a module relative to the file's package (``AddImport(ctx, ".PowerformerGPT2",
     ["PowerformerGPT2Model"])``); when the context knows the package (``full_package_name``, as the engine sets
     it) libcst writes the import absolute (``from models.PowerformerGPT2 import ...``), and recognises it on a
-    re-run. libcst's ``AddImportsVisitor`` does the work, on the module's leading block of imports (the only
-    part it reads or edits), so that a large module is not traversed.
+    re-run.
+
+    The import is queued in the context (``AddImportsVisitor.add_needed_import``), as libcst's own codemods do,
+    and applied when the file's pass ends (``FilePass``; run on its own, when this codemod ends): all the imports
+    of a pass at once, each only once, by libcst's ``AddImportsVisitor`` on the module's leading block of imports
+    (the only part it reads or edits, so that a large module is not traversed).
     """
 
     DESCRIPTION = "Add an import, merged with an existing one of the same module."
 
     def __init__(self, context: CodemodContext, module: str, names: Sequence[str] = ()) -> None:
         super().__init__(context)
-        relative = len(module) - len(module.lstrip("."))
-        self.imports = [ImportItem(module.lstrip("."), name, None, relative) for name in (list(names) or [None])]
+        self.import_module, self.import_names = module, list(names)
 
     def transform_module_impl(self, tree: cst.Module) -> cst.Module:
-        n = _import_block(tree.body)
-        head = AddImportsVisitor(self.context, self.imports).transform_module(tree.with_changes(body=tree.body[:n]))
-        return tree.with_changes(body=[*head.body, *tree.body[n:]])
+        relative = len(self.import_module) - len(self.import_module.lstrip("."))
+        for name in self.import_names or [None]:
+            AddImportsVisitor.add_needed_import(self.context, self.import_module.lstrip("."), name, relative=relative)
+        return tree
 
 
 

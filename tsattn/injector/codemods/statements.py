@@ -9,7 +9,8 @@ import libcst as cst
 import libcst.matchers as m
 from libcst.codemod import CodemodContext
 
-from tsattn.injector.codemods.base import _code, AnchoredCodemod, ScopedCodemod, _expression_python, literal, _MatchQuotes, _parse_snippet, _python
+from tsattn.injector.codemods.base import (AnchoredCodemod, ScopedCodemod, _code, _expression_python, literal, _MatchQuotes,
+                                          _parse_snippet, _python, pending_import_position)
 
 
 class ReplaceExpression(ScopedCodemod):
@@ -59,7 +60,9 @@ class ExtendTuple(AnchoredCodemod):
     """The module-level assignment ``name = (...)``, a tuple of literals, holds every one of ``values``: the
     missing ones are appended, in order, the others kept where they are (so several recipes can each add their
     own to one registry). Without the assignment, ``name = (values...)`` is inserted after the module-level
-    statement ``after`` (compared as Python), with ``comment`` as a comment line above it when given."""
+    statement ``after`` (compared as Python), with ``comment`` as a comment line above it when given. ``after``
+    may be an import that an earlier codemod of the same pass queued (``AddImport``): the tuple then goes where
+    that import will be added, the end of the leading import block, so that it follows it."""
 
     DESCRIPTION = "Add values to a module-level tuple, or create it."
 
@@ -102,17 +105,18 @@ class ExtendTuple(AnchoredCodemod):
                 value = literal(current + tuple(missing), self.quote)
                 body[i] = statement.with_changes(body=[assign.with_changes(value=value)])
             return updated_node.with_changes(body=body)
-        for i, statement in enumerate(body):
-            if _python(_code(statement)) == self.after_python:
-                new = cst.SimpleStatementLine(body=[cst.Assign(
-                    targets=[cst.AssignTarget(cst.Name(self.name))], value=literal(self.values, self.quote))])
-                if self.comment:
-                    new = new.with_changes(leading_lines=[
-                        cst.EmptyLine(), cst.EmptyLine(comment=cst.Comment("# " + self.comment))])
-                body.insert(i + 1, new)
-                self.found = True
-                return updated_node.with_changes(body=body)
-        return updated_node
+        at = next((i + 1 for i, s in enumerate(body) if _python(_code(s)) == self.after_python), None)
+        if at is None:  # an import that this pass queued stands where it will be added
+            at = pending_import_position(self.context, body, self.after)
+        if at is None:
+            return updated_node
+        new = cst.SimpleStatementLine(body=[cst.Assign(
+            targets=[cst.AssignTarget(cst.Name(self.name))], value=literal(self.values, self.quote))])
+        if self.comment:
+            new = new.with_changes(leading_lines=[cst.EmptyLine(), cst.EmptyLine(comment=cst.Comment("# " + self.comment))])
+        body.insert(at, new)
+        self.found = True
+        return updated_node.with_changes(body=body)
 
     def anchor(self) -> str:
         return f"module-level statement `{self.after.strip()}`"
