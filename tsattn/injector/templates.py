@@ -13,6 +13,11 @@ under the name the recipe gives it (``Template(MODULES / "wcmha.py", "models/Pow
 else under its own file name; each such import is rewritten, with the ``RewriteImportFrom`` codemod, to a
 relative import of the installed module (``from .PowerformerAttention import DecayBias``). A template that
 imports no sibling is copied byte for byte.
+
+Code that a recipe inserts into a target's own files with a codemod (a method, statements, an expression) lives
+in real template files as well (``recipes/wave_transformer_templates/wave_transformer_code.py``), which are
+imported and tested in tsattn but not installed; the recipe reads a piece of one as text with
+``template_code(source, name, part)``.
 """
 
 from __future__ import annotations
@@ -122,3 +127,41 @@ def template_constant(source: Path, name: str):
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
             return ast.literal_eval(node.value)
     raise ValueError(f"{source}: no constant {name}")
+
+
+@functools.lru_cache(maxsize=None)
+def _cst_module(source: Path) -> cst.Module:
+    return cst.parse_module(source.read_bytes())
+
+
+def template_code(source: Path, name: str, part: str = "body") -> str:
+    """Python source of a piece of the template file ``source`` that a recipe inserts with a codemod, read as text
+    (the template is not imported; each is parsed once per process). ``name`` is the dotted name of a class or
+    function in it (``"WaveTransformer.harmonic_selection"``); ``part``:
+
+        "definition"  the class or def itself, without the comments and blank lines above it (for ``AddClass``,
+                      ``AddMethod``)
+        "body"        the statements of its body, the comments above them included (for ``InsertStatements``)
+        "return"      the expression its one statement, a ``return``, returns (for ``WrapCall``'s template)
+
+    The code is at column 0, its continuation lines relative to its statements, as the codemods expect.
+    Raises ``ValueError`` naming the file for a missing name or a ``return`` part that is not one.
+    """
+    node: cst.CSTNode = _cst_module(source)
+    for part_name in name.split("."):
+        body = node.body if isinstance(node, cst.Module) else node.body.body
+        found = [s for s in body if isinstance(s, (cst.ClassDef, cst.FunctionDef)) and s.name.value == part_name]
+        if not found:
+            raise ValueError(f"template {source}: no class or def {name}")
+        node = found[0]
+    if part == "definition":
+        return cst.Module(body=[node.with_changes(leading_lines=[])]).code
+    if part == "body":
+        return cst.Module(body=list(node.body.body)).code
+    if part == "return":
+        statements = node.body.body
+        if len(statements) != 1 or not isinstance(statements[0], cst.SimpleStatementLine) \
+                or not isinstance(statements[0].body[0], cst.Return) or statements[0].body[0].value is None:
+            raise ValueError(f"template {source}: {name} is not one `return <expression>`")
+        return cst.Module(body=[]).code_for_node(statements[0].body[0].value)
+    raise ValueError(f"template_code: part must be definition, body or return; got {part!r}")

@@ -23,6 +23,8 @@ Every feature:
   stores them, and has ``save()`` write a feature's options only when its flag is on (flags off: the config
   file is upstream's, byte for byte); ``load()`` passes them back (``cls(**config)``); ``save()`` also writes
   ``max_seq_len`` when it is not 512 (upstream omits it, so ``load()`` failed on other lengths);
+- inserts code kept in real template files, read as text (``wave_transformer_templates/wave_transformer_code.py``
+  and ``transformer_code.py``: statements as the bodies of functions, methods of stand-in classes);
 - edits only by anchors that upstream's b33e609 and HEAD share (HEAD's ``transformer.py`` differs in its import
   block, the block's norm and the order of the attention's keywords); the target is never imported.
 
@@ -48,9 +50,13 @@ from tsattn.injector.codemods import AddImport, AddMethod, Code, InsertStatement
 from tsattn.injector.errors import UsageError
 from tsattn.injector.recipe import Edit, Option, Recipe, register
 from tsattn.injector.recipes.calf_wcmha import validate as validate_decay
-from tsattn.injector.templates import MODULES, Template, template_constant
+from tsattn.injector.templates import MODULES, Template, template_code, template_constant
 
 TEMPLATES = Path(__file__).resolve().parent / "wave_transformer_templates"
+# The code the codemods insert (statements, methods, the PCCA expression) lives in real template files, imported
+# and tested in tsattn (tests/test_wave_transformer_templates.py) and read here as text with template_code.
+MODEL_CODE = TEMPLATES / "wave_transformer_code.py"  # what is inserted into core/wave_transformer.py
+BLOCK_CODE = TEMPLATES / "transformer_code.py"  # ... into core/transformer.py
 DECAY_TYPES = tuple(template_constant(MODULES / "wcmha.py", "DECAY_TYPES"))
 COHERENCE_MODES = tuple(template_constant(MODULES / "wave_pcca.py", "COHERENCE_MODES"))
 
@@ -76,9 +82,8 @@ SOFTMAX = "attn = F.softmax(scores, dim=-1)"
 # --- shared by every feature: the package, and max_seq_len saved ---------------------------------------------------
 
 COMMON_TEMPLATES = (Template(TEMPLATES / "tsattn_modules_init.py", f"{PACKAGE}/__init__.py"),)
-MAX_SEQ_LEN_INIT = "self.max_seq_len = max_seq_len\n"
-MAX_SEQ_LEN_SAVE = ("if self.max_seq_len != 512:  # (tsattn-inject) upstream's save() omits it; load() needs it\n"
-                    "    config['max_seq_len'] = self.max_seq_len\n")
+MAX_SEQ_LEN_INIT = template_code(MODEL_CODE, "init_max_seq_len")
+MAX_SEQ_LEN_SAVE = template_code(MODEL_CODE, "save_max_seq_len")
 
 
 def _common() -> List[Edit]:
@@ -109,31 +114,11 @@ def _keywords(callee: str, scope: str, names: Sequence[Tuple[str, str]], path: s
 
 # --- AHS -----------------------------------------------------------------------------------------------------------
 
-AHS_INIT = """\
-# Adaptive Harmonic Sparsification (tsattn-inject): keep the most important harmonics at each position
-self.use_ahs = use_ahs
-self.ahs_k_ratio = ahs_k_ratio
-self.ahs_dynamic_k = ahs_dynamic_k
-self.ahs_temperature = ahs_temperature
-self.ahs = (AdaptiveHarmonicSelector(num_harmonics, self.input_dim, k_ratio=ahs_k_ratio,
-                                     temperature=ahs_temperature, use_dynamic_k=ahs_dynamic_k)
-            if use_ahs else None)
-"""
+AHS_INIT = template_code(MODEL_CODE, "init_ahs")
 
-AHS_METHOD = '''
-def harmonic_selection(self, x, return_stats=False):
-    """(tsattn-inject) AHS on the wave representation x (B, S, 3H): (x, stats), stats None unless asked."""
-    # Without use_ahs, x is returned as it is.
-    if self.ahs is None:
-        if return_stats:
-            raise ValueError("return_ahs_stats=True needs a model built with use_ahs=True")
-        return x, None
-    if return_stats:
-        return self.ahs(x, return_stats=True)
-    return self.ahs(x), None
-'''
+AHS_METHOD = template_code(MODEL_CODE, "WaveTransformer.harmonic_selection", "definition")
 
-FCL_STATEMENT = "x = self.frequency_curriculum(x, freq_limit)\n"
+FCL_STATEMENT = template_code(MODEL_CODE, "forward_fcl")
 
 
 def _ahs(o: Mapping[str, Any]) -> List[Edit]:
@@ -145,10 +130,9 @@ def _ahs(o: Mapping[str, Any]) -> List[Edit]:
         *_params(FORWARD, [("return_ahs_stats", False)]),
         # after FCL's mask when that is there, whichever was injected first
         Edit(MODEL, InsertStatements, scope=FORWARD, after=[REPRESENTATION, FCL_STATEMENT],
-             statements="x, ahs_stats = self.harmonic_selection(x, return_ahs_stats)\n"),
-        Edit(MODEL, InsertStatements, scope=FORWARD, after=DECODER_CALL, statements=(
-            "if return_ahs_stats:\n"
-            "    return (output, wave, ahs_stats) if return_encoder_outputs else (output, ahs_stats)\n")),
+             statements=template_code(MODEL_CODE, "forward_ahs")),
+        Edit(MODEL, InsertStatements, scope=FORWARD, after=DECODER_CALL,
+             statements=template_code(MODEL_CODE, "forward_ahs_stats")),
         Edit(MODEL, AddMethod, class_name="WaveTransformer", source=AHS_METHOD, after="forward"),
         _in_order("ahs", SAVE, SAVE_ANCHOR, MAX_SEQ_LEN_SAVE, SAVE_BLOCKS),
     ]
@@ -156,25 +140,9 @@ def _ahs(o: Mapping[str, Any]) -> List[Edit]:
 
 # --- FCL -----------------------------------------------------------------------------------------------------------
 
-FCL_INIT = """\
-# Frequency Curriculum Learning (tsattn-inject): mask the harmonics above forward's freq_limit while training
-self.use_fcl = use_fcl
-self.fcl_mask_slope = fcl_mask_slope
-self.freq_mask = FrequencyMask(num_harmonics, mask_slope=fcl_mask_slope) if use_fcl else None
-"""
+FCL_INIT = template_code(MODEL_CODE, "init_fcl")
 
-FCL_METHOD = '''
-def frequency_curriculum(self, x, freq_limit=None):
-    """(tsattn-inject) FCL on the wave representation x (B, S, 3H), while training."""
-    # The harmonics above freq_limit (a fraction of the spectrum, e.g. from
-    # FrequencyCurriculumScheduler.get_freq_limit(step)) are rolled off; in eval, or without freq_limit, x is
-    # returned as it is.
-    if freq_limit is None:
-        return x
-    if self.freq_mask is None:
-        raise ValueError("freq_limit needs a model built with use_fcl=True")
-    return self.freq_mask(x, freq_limit) if self.training else x
-'''
+FCL_METHOD = template_code(MODEL_CODE, "WaveTransformer.frequency_curriculum", "definition")
 
 
 def _fcl(o: Mapping[str, Any]) -> List[Edit]:
@@ -194,41 +162,11 @@ def _fcl(o: Mapping[str, Any]) -> List[Edit]:
 BLOCK_INIT = "TransformerParallelBlock.__init__"
 BLOCK_DECAY = [("decay", None), ("decay_alpha", 1.0), ("decay_cutoff", None)]  # pcca and wcmha add them alike
 
-# Continuation lines are relative to the statement's indentation (libcst adds it).
-PCCA_ATTENTION = """(
-    PhaseCoherentAttention(d_model, num_harmonics or d_model // 3, n_heads_q=num_heads_q, n_heads_kv=num_heads_kv,
-                           dropout_p=dropout, use_yarn=use_yarn, use_flash=use_flash,
-                           phase_coherence_mode=pcca_mode, phase_temp=pcca_phase_temp,
-                           decay=decay or "none", decay_alpha=decay_alpha, cutoff=decay_cutoff)
-    if use_pcca
-    else {call}
-)"""
+PCCA_ATTENTION = template_code(BLOCK_CODE, "pcca_attention", "return")
 
-PCCA_LOAD = '''
-def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-    # (tsattn-inject) Weights of the standard attention load into PhaseCoherentAttention: kv_proj is split into
-    # k_proj and v_proj, the rotary tables are dropped (PCCA computes the same rotation) and PCCA's own state
-    # (blend alpha and beta, decay) keeps its configured values. With beta = 0 the block then computes what it
-    # computed before.
-    attn = prefix + "attn."
-    if isinstance(self.attn, PhaseCoherentAttention) and attn + "kv_proj.weight" in state_dict:
-        key, value = state_dict.pop(attn + "kv_proj.weight").chunk(2, dim=0)
-        state_dict.setdefault(attn + "k_proj.weight", key)
-        state_dict.setdefault(attn + "v_proj.weight", value)
-        for name in [k for k in state_dict if k.startswith(attn + "yarn_rope.")]:
-            del state_dict[name]
-        for name, tensor in self.attn.state_dict().items():
-            if not name.endswith("_proj.weight"):
-                state_dict.setdefault(attn + name, tensor)
-    super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-'''
+PCCA_LOAD = template_code(BLOCK_CODE, "TransformerParallelBlock._load_from_state_dict", "definition")
 
-PCCA_INIT = """\
-# Phase-Coherent Attention (tsattn-inject) in the blocks instead of MultiQueryFlashAttention
-self.use_pcca = use_pcca
-self.pcca_mode = pcca_mode
-self.pcca_phase_temp = pcca_phase_temp
-"""
+PCCA_INIT = template_code(MODEL_CODE, "init_pcca")
 
 
 def _pcca(o: Mapping[str, Any]) -> List[Edit]:
@@ -250,45 +188,15 @@ def _pcca(o: Mapping[str, Any]) -> List[Edit]:
 
 ATTENTION_INIT = "MultiQueryFlashAttention.__init__"
 
-DECAY_INIT = """\
-# WCMHA decay bias (tsattn-inject): added to the scores of the manual path
-self.decay_bias = None
-if decay is not None:
-    if use_flash:
-        raise ValueError("decay (WCMHA) needs use_flash=False: flash_attn takes no attention bias")
-    self.decay_bias = DecayBias(decay, decay_alpha, n_heads_q, cutoff=decay_cutoff)
-"""
+DECAY_INIT = template_code(BLOCK_CODE, "init_decay")
 
-DECAY_SCORES = """\
-if self.decay_bias is not None:  # (tsattn-inject) WCMHA: bias(i - j), causal masking kept below
-    pos = torch.arange(N, device=scores.device, dtype=torch.promote_types(scores.dtype, torch.float32))
-    dt = pos[:, None] - pos[None, :]
-    scores = scores + self.decay_bias(dt if causal else dt.abs()).to(scores.dtype)
-"""
+DECAY_SCORES = template_code(BLOCK_CODE, "decay_scores")
 
-# A padded query whose window (step, butterworth, cutoff) holds only padded keys has no key left: its row would be
-# NaN, and the next layer's 0 * NaN would spread it to every position; it attends to nothing instead.
-DECAY_EMPTY_ROWS = """\
-if self.decay_bias is not None:  # (tsattn-inject) rows the decay window and the padding mask both emptied
-    attn = attn.masked_fill(torch.isneginf(scores).all(dim=-1, keepdim=True), 0.0)
-"""
+DECAY_EMPTY_ROWS = template_code(BLOCK_CODE, "decay_empty_rows")
 
-DECAY_LOAD = '''
-def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-    # (tsattn-inject) A checkpoint saved without the WCMHA decay keeps the configured one.
-    if self.decay_bias is not None:
-        for name, tensor in self.decay_bias.state_dict().items():
-            state_dict.setdefault(prefix + "decay_bias." + name, tensor)
-    super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-'''
+DECAY_LOAD = template_code(BLOCK_CODE, "MultiQueryFlashAttention._load_from_state_dict", "definition")
 
-WCMHA_INIT = """\
-# WCMHA (tsattn-inject): Powerformer's decay bias in the blocks' attention
-self.use_wcmha = use_wcmha
-self.wcmha_decay = wcmha_decay
-self.wcmha_alpha = wcmha_alpha
-self.wcmha_cutoff = wcmha_cutoff
-"""
+WCMHA_INIT = template_code(MODEL_CODE, "init_wcmha")
 
 
 def _wcmha(o: Mapping[str, Any]) -> List[Edit]:
@@ -315,23 +223,7 @@ def _wcmha(o: Mapping[str, Any]) -> List[Edit]:
 
 # --- MRWP ----------------------------------------------------------------------------------------------------------
 
-MRWP_INIT = """\
-# Multi-Resolution Wave Pyramid (tsattn-inject): one pyramid, run after every pyramid_interval-th block
-self.use_mrwp = use_mrwp
-self.pyramid_interval = pyramid_interval
-self.mrwp_band_boundaries = list(mrwp_band_boundaries)
-self.mrwp_band_num_layers = None if mrwp_band_num_layers is None else list(mrwp_band_num_layers)
-self.mrwp_cross_band = mrwp_cross_band
-self.pyramid = None
-if use_mrwp:
-    if int(pyramid_interval) != pyramid_interval or not 1 <= pyramid_interval <= transformer_num_layers:
-        raise ValueError(f"pyramid_interval must be an integer in [1, transformer_num_layers="
-                         f"{transformer_num_layers}]; got {pyramid_interval!r}")
-    self.pyramid = MultiResolutionWavePyramid(
-        num_harmonics, band_boundaries=self.mrwp_band_boundaries, band_num_layers=self.mrwp_band_num_layers,
-        n_heads_q=transformer_num_heads, n_heads_kv=transformer_heads_kv, d_ff_multi=transformer_d_ff_multi,
-        dropout=dropout, use_cross_band_attn=mrwp_cross_band, use_flash=use_flash)
-"""
+MRWP_INIT = template_code(MODEL_CODE, "init_mrwp")
 
 
 def _mrwp(o: Mapping[str, Any]) -> List[Edit]:
@@ -341,31 +233,14 @@ def _mrwp(o: Mapping[str, Any]) -> List[Edit]:
                         ("mrwp_band_boundaries", (0.2, 0.6)), ("mrwp_band_num_layers", None),
                         ("mrwp_cross_band", True)]),
         _in_order("mrwp", INIT, INIT_ANCHOR, MAX_SEQ_LEN_INIT, INIT_BLOCKS),
-        Edit(MODEL, InsertStatements, scope=FORWARD, after=BLOCK_CALL, statements=(
-            "if self.pyramid is not None and (i + 1) % self.pyramid_interval == 0:\n"
-            "    x = self.pyramid(x, causal=causal, attention_mask=attention_mask)\n")),
+        Edit(MODEL, InsertStatements, scope=FORWARD, after=BLOCK_CALL, statements=template_code(MODEL_CODE, "forward_mrwp")),
         _in_order("mrwp", SAVE, SAVE_ANCHOR, MAX_SEQ_LEN_SAVE, SAVE_BLOCKS),
     ]
 
 
 # The statements each feature adds to __init__ and save(), by feature (for their order).
 INIT_BLOCKS = {"ahs": AHS_INIT, "fcl": FCL_INIT, "pcca": PCCA_INIT, "mrwp": MRWP_INIT, "wcmha": WCMHA_INIT}
-SAVE_BLOCKS = {
-    "ahs": ("if self.use_ahs:\n"
-            "    config.update(use_ahs=True, ahs_k_ratio=self.ahs_k_ratio, ahs_dynamic_k=self.ahs_dynamic_k,\n"
-            "                  ahs_temperature=self.ahs_temperature)\n"),
-    "fcl": ("if self.use_fcl:\n"
-            "    config.update(use_fcl=True, fcl_mask_slope=self.fcl_mask_slope)\n"),
-    "pcca": ("if self.use_pcca:\n"
-             "    config.update(use_pcca=True, pcca_mode=self.pcca_mode, pcca_phase_temp=self.pcca_phase_temp)\n"),
-    "mrwp": ("if self.use_mrwp:\n"
-             "    config.update(use_mrwp=True, pyramid_interval=self.pyramid_interval,\n"
-             "                  mrwp_band_boundaries=self.mrwp_band_boundaries,\n"
-             "                  mrwp_band_num_layers=self.mrwp_band_num_layers, mrwp_cross_band=self.mrwp_cross_band)\n"),
-    "wcmha": ("if self.use_wcmha:\n"
-              "    config.update(use_wcmha=True, wcmha_decay=self.wcmha_decay, wcmha_alpha=self.wcmha_alpha,\n"
-              "                  wcmha_cutoff=self.wcmha_cutoff)\n"),
-}
+SAVE_BLOCKS = {feature: template_code(MODEL_CODE, f"save_{feature}") for feature in ("ahs", "fcl", "pcca", "mrwp", "wcmha")}
 
 
 # --- recipes -------------------------------------------------------------------------------------------------------
