@@ -17,7 +17,8 @@ engine runs it with ``codemod.transform_module(tree)``. Every codemod is idempot
 changes nothing, and run with new values it updates the code it inserted instead of inserting it again. A
 missing anchor raises ``AnchorNotFound`` naming the file (``context.filename``) and the symbol: that logic is
 ``AnchoredCodemod``'s (base.py), which every codemod with an anchor subclasses (it names the anchor in
-``anchor()`` and sets ``found``); ``ScopedCodemod`` adds a dotted scope to edit in, ``FunctionCodemod`` the
+``anchor()`` and sets ``found``); ``ModuleLevelCodemod`` edits the module's own statements,
+``ScopedCodemod`` adds a dotted scope to edit in, ``FunctionCodemod`` the
 definition of one function.
 
     AddImport(module, names)                      from MODULE import NAME, ... (merged into an existing import;
@@ -70,7 +71,7 @@ from __future__ import annotations
 
 from tsattn.injector.codemods.argparse_arguments import AddArgparseArgument
 from tsattn.injector.codemods.base import (NO_VALUE, QUOTE_KEY, AnchoredCodemod, Code, FilePass, FunctionCodemod,
-                                          ScopedCodemod, apply_queued_imports, file_quote, literal)
+                                          ModuleLevelCodemod, ScopedCodemod, apply_queued_imports, file_quote, literal)
 from tsattn.injector.codemods.calls import SetKeyword, WrapCall
 from tsattn.injector.codemods.definitions import AddClass, AddMethod
 from tsattn.injector.codemods.imports import AddImport, RewriteImportFrom
@@ -89,6 +90,7 @@ __all__ = [
     "FilePass",
     "FunctionCodemod",
     "InsertStatements",
+    "ModuleLevelCodemod",
     "NO_VALUE",
     "QUOTE_KEY",
     "ReplaceExpression",

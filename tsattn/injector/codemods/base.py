@@ -265,6 +265,18 @@ class AnchoredCodemod(_Codemod):
         return tree
 
 
+class ModuleLevelCodemod(AnchoredCodemod):
+    """An ``AnchoredCodemod`` that edits the module's own statements only (it visits no class or def body)."""
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
+        super().visit_ClassDef(node)
+        return False
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        super().visit_FunctionDef(node)
+        return False
+
+
 class ScopedCodemod(AnchoredCodemod):
     """An ``AnchoredCodemod`` that edits inside one dotted scope, ``target_scope`` (``"Model.__init__"``; ``""``:
     module level; None: anywhere), descending into the simple statements there; ``where`` names it for

@@ -8,7 +8,7 @@ import libcst as cst
 import libcst.matchers as m
 from libcst.codemod import CodemodContext
 
-from tsattn.injector.codemods.base import _blank_lines, AnchoredCodemod, _def_name, _parse_snippet
+from tsattn.injector.codemods.base import AnchoredCodemod, ModuleLevelCodemod, _blank_lines, _def_name, _parse_snippet
 
 
 def _block_body(node: Union[cst.Module, cst.IndentedBlock]) -> List[cst.CSTNode]:
@@ -34,7 +34,7 @@ def _place_definition(body: List[cst.CSTNode], new: cst.CSTNode, name: str, afte
 
 
 
-class AddClass(AnchoredCodemod):
+class AddClass(ModuleLevelCodemod):
     """A top-level class or function (``source``: exactly one definition) after the definition ``after``.
 
     Without ``after`` it goes at the end of the module. An existing definition of the same name is replaced
@@ -50,14 +50,6 @@ class AddClass(AnchoredCodemod):
         if len(body) != 1 or _def_name(body[0]) is None:
             raise ValueError("AddClass: source must hold exactly one class or function definition")
         self.name = _def_name(body[0])
-
-    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
-        super().visit_ClassDef(node)
-        return False  # only the module's own statements matter
-
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
-        super().visit_FunctionDef(node)
-        return False
 
     def leave_Module(self, original_node: cst.Module, updated_node: cst.Module) -> cst.Module:
         body = _place_definition(_block_body(updated_node), _parse_snippet(self.source, self.quote).body[0],

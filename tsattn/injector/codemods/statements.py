@@ -9,8 +9,8 @@ import libcst as cst
 import libcst.matchers as m
 from libcst.codemod import CodemodContext
 
-from tsattn.injector.codemods.base import (AnchoredCodemod, ScopedCodemod, _code, _expression_python, literal, _MatchQuotes,
-                                          _parse_snippet, _python, pending_import_position)
+from tsattn.injector.codemods.base import (ModuleLevelCodemod, ScopedCodemod, _code, _expression_python, _MatchQuotes,
+                                          _parse_snippet, _python, literal, pending_import_position)
 
 
 class ReplaceExpression(ScopedCodemod):
@@ -56,7 +56,7 @@ class ReplaceExpression(ScopedCodemod):
         return result
 
 
-class ExtendTuple(AnchoredCodemod):
+class ExtendTuple(ModuleLevelCodemod):
     """The module-level assignment ``name = (...)``, a tuple of literals, holds every one of ``values``: the
     missing ones are appended, in order, the others kept where they are (so several recipes can each add their
     own to one registry). Without the assignment, ``name = (values...)`` is inserted after the module-level
@@ -71,14 +71,6 @@ class ExtendTuple(AnchoredCodemod):
         super().__init__(context)
         self.name, self.values, self.comment = name, tuple(values), comment
         self.after, self.after_python = after, _python(after)
-
-    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
-        super().visit_ClassDef(node)
-        return False  # only the module's own statements matter
-
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
-        super().visit_FunctionDef(node)
-        return False
 
     def _assignment(self, statement: cst.CSTNode) -> Optional[cst.Assign]:
         if isinstance(statement, cst.SimpleStatementLine) and len(statement.body) == 1 \
