@@ -639,3 +639,16 @@ def test_a_codemod_may_anchor_on_an_import_queued_before_it_in_the_pass():
     # the module already imported: the import merges into it, so the anchor is not a statement of its own
     with pytest.raises(AnchorNotFound):
         run_pass("from pkg.attn import other\n\nx = 1\n", *edits)
+
+
+def test_a_libcst_codemod_of_a_recipe_queues_its_imports_into_the_same_pass():
+    from libcst.codemod import VisitorBasedCodemodCommand
+    from libcst.codemod.visitors import AddImportsVisitor
+
+    class RenameCalls(VisitorBasedCodemodCommand):  # a plain libcst codemod, with metadata and its own import
+        def leave_Call(self, original_node, updated_node):
+            AddImportsVisitor.add_needed_import(self.context, "torch", "nn")
+            return updated_node.with_changes(func=cst.Name("g"))
+
+    out = run_pass("import os\n\nf()\n", (RenameCalls, {}), (AddImport, dict(module="torch", names=["nn"])))
+    assert out == "import os\nfrom torch import nn\n\ng()\n"
