@@ -84,6 +84,12 @@ exit codes:
 """
 
 
+def _progress(text: str) -> None:
+    """A progress line on stderr, only on a terminal (the export itself shows a bar there too)."""
+    if sys.stderr.isatty():
+        print(f"{PROG}: {text} ...", file=sys.stderr, flush=True)
+
+
 def _parse_value(text: str) -> Any:
     try:
         return json.loads(text)
@@ -266,8 +272,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if not args.target.is_dir():
                 raise FileNotFoundError(f"--target {args.target}: no such directory")
             entry = find_target(args.target.resolve(), args.feature)
+            _progress(f"building {entry.kind}/{args.feature} from {args.target} (its own model code)")
             exportable = entry.build(args.target.resolve(), args.feature, options, args.checkpoint, args.seed)
         else:
+            _progress(f"building {args.model}")
             exportable = MODELS[args.model].build(options, args.checkpoint, args.seed)
     except CheckpointRefused as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)

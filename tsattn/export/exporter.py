@@ -109,8 +109,9 @@ def known_breakage() -> Optional[str]:
         parts.append(int(digits) if digits else 0)
     if tuple(parts) >= (0, 7):
         return None
-    return (f"einops {version} is installed: einops < 0.7 breaks torch.export, which the dynamo exporter runs, on "
-            f"einops.rearrange with a dynamic dim (TypeError: unhashable type: non-nested SymInt); fix: "
+    return (f"einops {version} is installed: with einops < 0.7, torch.export (the dynamo exporter's first capture) "
+            f"fails on einops.rearrange with a dynamic dim (TypeError: unhashable type: non-nested SymInt) and the "
+            f"exporter falls back to a capture that may fix a dim; if the export fails, fix: "
             f"`pip install 'einops>=0.7'` (CALF's code runs unchanged with it), or --exporter legacy")
 
 
