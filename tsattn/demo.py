@@ -9,13 +9,14 @@ warnings stay out of its output; on a terminal, the long steps show their progre
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -507,6 +508,31 @@ def _report(out: Optional[Path], work: Optional[Path]) -> None:
         print(f"  {command}")
 
 
+@contextlib.contextmanager
+def _third_party_quiet() -> Iterator[None]:
+    """Third-party libraries (transformers, peft, torch's exporters) warn about their own deprecations: not the
+    demo's business. Warnings are ignored and transformers logs errors only within the block; restored after."""
+    import logging
+
+    name = "TRANSFORMERS_VERBOSITY"
+    saved_env = os.environ.get(name)
+    os.environ[name] = "error"  # read when transformers is first imported
+    saved_level = logging.getLogger("transformers").level
+    if "transformers" in sys.modules:
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if saved_env is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved_env
+        if "transformers" in sys.modules:
+            logging.getLogger("transformers").setLevel(saved_level or logging.WARNING)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="tsattn demo",
@@ -525,21 +551,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.out is not None and args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
         parser.exit(2, f"tsattn demo: --out {args.out}: {'not a folder' if not args.out.is_dir() else 'not empty'}"
                        f"; give a new or empty folder\n")
-    # third-party libraries (transformers, peft, torch's exporters) warn about their own deprecations: not ours
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    for i, (title, fn) in enumerate(STEPS, 1):
-        print(f"[{i}/{len(STEPS)}] {title}", flush=True)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+    with _third_party_quiet():
+        for i, (title, fn) in enumerate(STEPS, 1):
+            print(f"[{i}/{len(STEPS)}] {title}", flush=True)
+            try:
                 text = fn(args)
-        except Exception as exc:  # a failed check: report which step and why
+            except Exception as exc:  # a failed check: report which step and why
+                _progress("")
+                print(f"      FAILED: {exc}", file=sys.stderr)
+                return 1
             _progress("")
-            print(f"      FAILED: {exc}", file=sys.stderr)
-            return 1
-        _progress("")
-        print(f"      {text}", flush=True)
+            print(f"      {text}", flush=True)
     print("demo: all steps passed")
     state = getattr(args, "_calf_demo", None)
     _report(args.out, None if state is None else state["tmp"])

@@ -41,8 +41,10 @@ _LEGACY_ATTENTION_BUFFERS = ("bias", "masked_bias")
 
 def _values(t: torch.Tensor):
     """A decay tensor as a number (scalar) or a list of numbers, for messages."""
+    def short(v: float) -> float:
+        return float(f"{v:.7g}")  # float32 0.7 as 0.7, not 0.699999988079071
+
     values = t.detach().cpu().tolist()
-    short = lambda v: float(f"{v:.7g}")  # float32 0.7 as 0.7, not 0.699999988079071
     return [short(v) for v in values] if isinstance(values, list) else short(values)
 
 
