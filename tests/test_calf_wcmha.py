@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
+import subprocess
+import sys
 import types
 import warnings
 
@@ -150,9 +153,67 @@ def test_default_alpha_and_decay_come_from_getattr(repos):
     assert attn.decay.decay == "step" and float(attn.decay.alpha) == 3.0
 
 
+def build_tracking_rng(module, cfg, seed):
+    """``build``, and the global RNG state right after the model is built."""
+    model = build(module, cfg, seed)
+    return model, torch.random.get_rng_state()
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.5])
+def test_same_seed_same_initial_weights_and_random_stream_as_unpatched(repos, alpha):
+    unpatched, u_state = build_tracking_rng(repos.U, configs(), seed=20)
+    patched, p_state = build_tracking_rng(repos.P, configs(powerformer_alpha=alpha), seed=20)
+    old, new = unpatched.state_dict(), patched.state_dict()
+    assert set(new) - set(old) == decay_keys(patched)
+    differ = sorted(k for k in old if not torch.equal(old[k], new[k]))
+    assert differ == [], f"{len(differ)} of {len(old)} initial tensors differ: {differ[:5]}"
+    assert any("lora_A" in k for k in old)  # the adapters (drawn after the time branch is built) are among them
+    assert torch.equal(u_state, p_state)  # what the script draws next (data order, dropout) is the same too
+
+
+def test_alpha_zero_trains_like_the_unpatched_model_under_one_seed(repos):
+    """Dropout included: with alpha 0, a training-mode forward under the same seed is the unpatched one."""
+    cfg = configs(lora_dropout=0.1)
+    outs = []
+    for module, extra in ((repos.U, {}), (repos.P, {"powerformer_alpha": 0.0})):
+        model = build(module, types.SimpleNamespace(**{**vars(cfg), **extra}), seed=7).train()
+        torch.manual_seed(8)
+        x = torch.randn(2, 12, 5)
+        outs.append(model(x)["outputs_time"])
+        outs.append(torch.random.get_rng_state())
+    assert (outs[0] - outs[2]).abs().max() <= 1e-5
+    assert torch.equal(outs[1], outs[3])
+
+
+def test_a_checkpoint_with_another_alpha_wins_with_a_warning(repos):
+    saved = build(repos.P, configs(powerformer_alpha=1.0)).state_dict()
+    model = build(repos.P, configs(powerformer_alpha=2.0))
+    with pytest.warns(UserWarning, match=r"decay alpha 1\.0 replaces the configured 2\.0 .*the checkpoint wins") as seen:
+        model.load_state_dict(saved)
+    assert len([w for w in seen if "checkpoint wins" in str(w.message)]) >= 1
+    assert all(float(v) == 1.0 for k, v in model.state_dict().items() if k in decay_keys(model))
+    same = build(repos.P, configs(powerformer_alpha=1.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        same.load_state_dict(saved)  # the same alpha (CALF reloading its own best checkpoint): no warning
+
+
+def test_run_py_names_and_prints_the_powerformer_options(repos):
+    out = subprocess.run([sys.executable, "run.py", "--powerformer_alpha", "0.5", "--powerformer_decay", "step"],
+                         cwd=repos.patched, capture_output=True, text=True, check=True).stdout
+    assert re.search(r"Alpha:\s+0\.5\s+Decay:\s+step", out)
+    assert out.rstrip().endswith("_gpt6_0_wcmha-step-0.5")  # the setting string: checkpoint folder, result lines
+    out = subprocess.run([sys.executable, "run.py", "--is_training", "0"], cwd=repos.patched, capture_output=True,
+                         text=True, check=True).stdout
+    assert out.rstrip().endswith("_gpt6_0_wcmha-powerlaw-1.0")
+    base = subprocess.run([sys.executable, "run.py"], cwd=repos.base, capture_output=True, text=True,
+                          check=True).stdout
+    assert "wcmha" not in base and base.rstrip().endswith("_gpt6_0")
+
+
 def test_the_patched_repo_needs_no_new_package(repos):
-    assert third_party_imports(repos.base, {"models"}) == {"torch", "transformers", "peft", "einops"}
-    assert third_party_imports(repos.patched, {"models"}) == third_party_imports(repos.base, {"models"})
+    assert third_party_imports(repos.base, {"models", "utils"}) == {"torch", "transformers", "peft", "einops"}
+    assert third_party_imports(repos.patched, {"models", "utils"}) == third_party_imports(repos.base, {"models", "utils"})
 
 
 # --- PowerformerGPT2 (the recipe template) against transformers' GPT-2 --------------------------------------------

@@ -1,16 +1,22 @@
 """``tsattn demo``: the embedded end-to-end demo, the README's main job.
 
-Each step prints what it did and what it measured; the demo exits non-zero if a check fails.
+Each step prints what it did and what it measured; the demo exits non-zero if a check fails. ``--out DIR``
+keeps everything it makes in DIR (patched clones, patches, exports, analysis heatmaps) and ends with a list of it
+and the commands to try next; without it, the demo works in a temporary folder removed at exit. Third-party
+warnings stay out of its output; on a terminal, the long steps show their progress on one line of stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -87,17 +93,30 @@ def step_long(args: argparse.Namespace) -> str:
 
 
 def _calf_demo(args: argparse.Namespace) -> dict:
-    """State shared by the injection steps: a temporary directory (removed at exit) with the look-alike repo."""
+    """State shared by the steps: ``tmp``, the folder everything is made in: ``--out`` (kept), else a temporary
+    folder removed at exit."""
     state = getattr(args, "_calf_demo", None)
     if state is None:
-        import atexit
-        import shutil
-        import tempfile
+        out = getattr(args, "out", None)
+        if out is not None:
+            tmp = Path(out).resolve()
+            tmp.mkdir(parents=True, exist_ok=True)
+        else:
+            import atexit
+            import shutil
+            import tempfile
 
-        tmp = Path(tempfile.mkdtemp(prefix="tsattn-demo-"))
-        atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+            tmp = Path(tempfile.mkdtemp(prefix="tsattn-demo-"))
+            atexit.register(shutil.rmtree, tmp, ignore_errors=True)
         state = args._calf_demo = {"tmp": tmp}
     return state
+
+
+def _progress(text: str) -> None:
+    """Progress within a long step, on one line of stderr, only on a terminal (``_progress("")`` clears it)."""
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K" + (f"      ... {text}" if text else ""))
+        sys.stderr.flush()
 
 
 def step_inject(args: argparse.Namespace) -> str:
@@ -181,20 +200,19 @@ def step_calf_model(args: argparse.Namespace) -> str:
 
 
 def step_export(args: argparse.Namespace) -> str:
-    import tempfile
-
     from tsattn.export.exporter import export
     from tsattn.export.manifest import load_manifest, parity_table
     from tsattn.export.models import MODELS
 
-    with tempfile.TemporaryDirectory() as tmp:
-        export(MODELS["reference"].build({}, None, 0), f"{tmp}/reference")
-        m = load_manifest(f"{tmp}/reference")  # re-reads the manifest and checks every file's sha256
-        cfg, c = m.source["config"], m.cache
-        files = ", ".join(f"{f.path} ({f.bytes / 1e6:.1f} MB)" for f in m.files)
-        table = "\n".join("        " + line for line in parity_table(m.parity).splitlines())
+    out = _calf_demo(args)["tmp"] / "exports" / "reference"
+    _progress("exporting the reference forecaster (ONNX, TorchScript) and checking parity")
+    export(MODELS["reference"].build({}, None, 0), out, progress=True)
+    m = load_manifest(out)  # re-reads the manifest and checks every file's sha256
+    cfg, c = m.source["config"], m.cache
+    files = ", ".join(f"{f.path} ({f.bytes / 1e6:.1f} MB)" for f in m.files)
+    table = "\n".join("        " + line for line in parity_table(m.parity).splitlines())
     return (f"reference forecaster (d_model {cfg['d_model']}, {cfg['n_layers']} layers, {cfg['n_heads']} heads, "
-            f"max_context {c.max_context}) -> {files} + manifest.json, sha256 verified; {m.exporter} exporter, "
+            f"max_context {c.max_context}) -> {out}: {files} + manifest.json, sha256 verified; {m.exporter} exporter, "
             f"opset {m.opset}; one graph for prefill and decode, cache tensors past_key_values.{{i}}.key/value -> "
             f"present.{{i}}.key/value. Parity against eager (max abs error, tol 1e-4):\n{table}")
 
@@ -250,7 +268,6 @@ def step_wave_transformer(args: argparse.Namespace) -> str:
 
 def step_runtime(args: argparse.Namespace) -> str:
     import statistics
-    import tempfile
 
     import numpy as np
     import statsmodels.api as sm
@@ -262,28 +279,31 @@ def step_runtime(args: argparse.Namespace) -> str:
     data = sm.datasets.sunspots.load_pandas().data  # yearly sunspot numbers 1700-2008, shipped with statsmodels
     years, spots = data["YEAR"].astype(int).to_numpy(), data["SUNACTIVITY"].to_numpy(np.float32)
     options = {"loc": round(float(spots.mean()), 1), "scale": round(float(spots.std()), 1)}  # the graph's normalisation
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        export(MODELS["reference"].build(options, None, 0), f"{tmp}/reference", formats=["onnx"], exporter="legacy")
-        export_s = time.perf_counter() - t0
-        with load(f"{tmp}/reference", device="cpu") as rt:
-            stream = rt.open_stream()
-            shown, step_ms = [], []
-            for year, value in zip(years, spots):
-                t0 = time.perf_counter()
-                forecast = rt.append(stream, float(value))  # one observation: one cached step
-                step_ms.append((time.perf_counter() - t0) * 1e3)
-                if year in (1800, 1900, 2008):
-                    shown.append(f"after {year}: next 3 years {', '.join(f'{v:.0f}' for v in forecast[:3])}")
-            history = spots[None]
-            recompute = rt.predict({"values": history})["forecast"][0, -1]  # the same forecast from scratch
-            err = float(np.abs(recompute - forecast).max())
-            recompute_ms = []
-            for _ in range(5):
-                t0 = time.perf_counter()
-                rt.predict({"values": history})
-                recompute_ms.append((time.perf_counter() - t0) * 1e3)
-            providers = rt.providers["model"]
+    out = _calf_demo(args)["tmp"] / "exports" / "reference-sunspots"
+    t0 = time.perf_counter()
+    _progress("exporting the reference forecaster for sunspots (ONNX)")
+    export(MODELS["reference"].build(options, None, 0), out, formats=["onnx"], exporter="legacy", progress=True)
+    export_s = time.perf_counter() - t0
+    with load(out, device="cpu") as rt:
+        stream = rt.open_stream()
+        shown, step_ms = [], []
+        for year, value in zip(years, spots):
+            if year % 25 == 0:
+                _progress(f"streaming sunspots: {year}")
+            t0 = time.perf_counter()
+            forecast = rt.append(stream, float(value))  # one observation: one cached step
+            step_ms.append((time.perf_counter() - t0) * 1e3)
+            if year in (1800, 1900, 2008):
+                shown.append(f"after {year}: next 3 years {', '.join(f'{v:.0f}' for v in forecast[:3])}")
+        history = spots[None]
+        recompute = rt.predict({"values": history})["forecast"][0, -1]  # the same forecast from scratch
+        err = float(np.abs(recompute - forecast).max())
+        recompute_ms = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            rt.predict({"values": history})
+            recompute_ms.append((time.perf_counter() - t0) * 1e3)
+        providers = rt.providers["model"]
     if err > 1e-3 * max(1.0, float(np.abs(recompute).max())):
         raise RuntimeError(f"the streamed forecast differs from the recomputed one by {err:.3g}")
     cached = statistics.median(step_ms[-100:])
@@ -291,7 +311,7 @@ def step_runtime(args: argparse.Namespace) -> str:
     return (f"sunspots (statsmodels, {len(spots)} yearly values {years[0]}-{years[-1]}) streamed one value at a time "
             f"through tsattn.runtime ({providers[0]}; reference model exported with the legacy exporter in "
             f"{export_s:.1f} s, random weights: the numbers show the plumbing, not skill): "
-            f"{'; '.join(shown)}. Last forecast vs a recompute over all {len(spots)} values: max |diff| = "
+            f"{'; '.join(shown)}; export at {out}. Last forecast vs a recompute over all {len(spots)} values: max |diff| = "
             f"{err:.2g}. Cached step {cached:.2f} ms vs recompute {full:.1f} ms: {full / cached:.0f}x faster")
 
 
@@ -362,18 +382,21 @@ def step_stream_hephaestus(args: argparse.Namespace) -> str:
     options = {"attention_type": "local", "attention_kwargs": {"window_size": 8}, "numeric_columns":
                ["realgdp", "realcons", "realinv"], "categorical_columns": ["quarter"],
                "object_tokens": ["Q1", "Q2", "Q3", "Q4"]}
-    export(build_hephaestus_export(repo, "efficient", options, None, 0), tmp / "hephaestus-export", formats=["onnx"])
+    _progress("exporting the patched Hephaestus decoder (ONNX, cached decode step)")
+    export(build_hephaestus_export(repo, "efficient", options, None, 0), tmp / "exports" / "hephaestus-local",
+           formats=["onnx"], progress=True)
     export_s = time.perf_counter() - t0
     data = sm.datasets.macrodata.load_pandas().data  # US quarterly macro data 1959-2009, shipped with statsmodels
     growth = np.diff(np.log(data[["realgdp", "realcons", "realinv"]].to_numpy()), axis=0).T  # (3, 202)
     numeric = ((growth - growth.mean(1, keepdims=True)) / growth.std(1, keepdims=True)).astype(np.float32)
-    with load(tmp / "hephaestus-export", device="cpu") as rt:
+    with load(tmp / "exports" / "hephaestus-local", device="cpu") as rt:
         tokens = rt.manifest.task.client["tokens"]
         quarter = np.asarray([[tokens.index(f"Q{int(q)}") for q in data["quarter"][1:]]], np.float32)  # (1, 202)
         whole = rt.predict({"numeric_inputs": numeric[None], "categorical_inputs": quarter[None]})
         stream, start, pieces, sizes = rt.open_stream(), 0, [], (1, 3, 1, 7, 2, 5)
         t0 = time.perf_counter()
         while start < numeric.shape[1]:
+            _progress(f"streaming US macro data: quarter {start}/{numeric.shape[1]}")
             n = min(sizes[len(pieces) % len(sizes)], numeric.shape[1] - start)
             out = rt.append(stream, {"numeric_inputs": numeric[:, start:start + n],
                                      "categorical_inputs": quarter[:, start:start + n]})
@@ -398,6 +421,34 @@ def step_stream_hephaestus(args: argparse.Namespace) -> str:
             f"{err:.1e}); {capacity} more steps: {refused}")
 
 
+def step_analysis(args: argparse.Namespace) -> str:
+    from tsattn.analysis import experiment, generators, plots
+    from tsattn.analysis.model import ModelConfig
+
+    out = _calf_demo(args)["tmp"] / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    series = generators.make_series("HeavyTailedAR1", 600, seed=0)
+    model_cfg = ModelConfig(d_model=32, n_heads=2, d_ff=64, input_len=48, horizon=8)
+    train_cfg = experiment.TrainConfig(epochs=2, metric_samples=8)
+    lines = []
+    for attention in ("standard", "wcmha"):
+        def on_epoch(epoch, train_loss, val_loss, attention=attention):
+            _progress(f"training {attention} on HeavyTailedAR1: epoch {epoch + 1}/{train_cfg.epochs}, "
+                      f"val MSE {val_loss:.3f}")
+
+        result = experiment.run("HeavyTailedAR1", series, attention, model_cfg, train_cfg, seed=0, on_epoch=on_epoch)
+        last = len(result.maps) - 1
+        weights = result.maps[last][:, 0].mean(0)  # (L, L): the last layer's first head, averaged over windows
+        path = out / f"attention_{attention}_L{last}_H0.png"
+        plots.heatmap(weights, path, f"HeavyTailedAR1, {attention}: layer {last}, head 0 (mean of "
+                                     f"{result.maps[last].shape[0]} windows)")
+        mean = result.metrics["mean"]
+        lines.append(f"{attention}: val MSE {result.val_mse:.3f}, entropy {mean['entropy']:.2f}, lag exponent "
+                     f"{mean['lag_exponent']:.2f} -> {path.name}")
+    return (f"seed 004's forecaster (tsattn.analysis, 2 epochs, small) on HeavyTailedAR1 with standard and WCMHA "
+            f"attention; heatmaps in {out}: " + "; ".join(lines))
+
+
 STEPS: List[Step] = [
     ("tsattn-inject: CALF look-alike + WCMHA (libcst), patch written", step_inject),
     ("the patch applies to a pristine clone (git apply)", step_patch),
@@ -411,26 +462,110 @@ STEPS: List[Step] = [
     ("runtime: stream a real series (sunspots) through ONNX Runtime with a per-stream KV cache", step_runtime),
     ("runtime: inject, export and stream the Hephaestus look-alike (multivariate steps, named inputs)",
      step_stream_hephaestus),
+    ("analysis: attention maps of a small forecaster, standard vs WCMHA, as heatmaps", step_analysis),
 ]
+
+# what the demo leaves in --out, and what to try next with it
+KEPT = {
+    "CALF": "the CALF look-alike, injected with wcmha (git -C CALF diff shows the change)",
+    "pristine": "a clone of the CALF look-alike with the patch applied by git apply",
+    "unpatched": "the CALF look-alike as it was",
+    "Wave-Transformer": "the Wave-Transformer look-alike with the enhancements and WCMHA",
+    "Wave-Transformer-unpatched": "the Wave-Transformer look-alike as it was",
+    "wave-model": "a WaveTransformer saved with every enhancement on (WaveTransformer.save)",
+    "Hephaestus": "the Hephaestus look-alike with the efficient attentions",
+    "Hephaestus-unpatched": "the Hephaestus look-alike as it was",
+    "Hephaestus-stream": "the Hephaestus look-alike patched for the streaming step",
+    "patches": "the patches tsattn-inject wrote (git apply them to a clean clone)",
+    "exports": "exports: ONNX/TorchScript graphs and manifest.json (tsattn-serve serves them)",
+    "analysis": "attention heatmaps (PNG) of the analysis step",
+}
+
+
+def _next_steps(out: Path) -> List[str]:
+    return [
+        f"git -C {out / 'CALF'} diff --stat",
+        f"tsattn-inject --target {out / 'CALF'} --status",
+        f"tsattn-export --target {out / 'CALF'} --feature wcmha --out {out / 'exports' / 'calf-wcmha'}",
+        f"tsattn-serve {out / 'exports' / 'reference'}",
+        f"tsattn-analyze --quick --out {out / 'analysis-quick'}",
+    ]
+
+
+def _report(out: Optional[Path], work: Optional[Path]) -> None:
+    if out is None or work is None:
+        print("demo: everything above was made in a temporary folder, removed now; `tsattn demo --out DIR` keeps "
+              "it (patched clones, patches, exports, heatmaps)")
+        return
+    print(f"demo: kept in {work}:")
+    for entry in sorted(work.iterdir()):
+        print(f"  {entry.name + ('/' if entry.is_dir() else ''):<28}{KEPT.get(entry.name, '')}")
+        if entry.name in ("patches", "exports", "analysis") and entry.is_dir():
+            for sub in sorted(entry.iterdir()):
+                print(f"    {sub.name + ('/' if sub.is_dir() else '')}")
+    print("next, try:")
+    for command in _next_steps(work):
+        print(f"  {command}")
+
+
+@contextlib.contextmanager
+def _third_party_quiet() -> Iterator[None]:
+    """Third-party libraries (transformers, peft, torch's exporters) warn about their own deprecations: not the
+    demo's business. Warnings are ignored and transformers logs errors only within the block; restored after."""
+    import logging
+
+    name = "TRANSFORMERS_VERBOSITY"
+    saved_env = os.environ.get(name)
+    os.environ[name] = "error"  # read when transformers is first imported
+    saved_level = logging.getLogger("transformers").level
+    if "transformers" in sys.modules:
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        if saved_env is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved_env
+        if "transformers" in sys.modules:
+            logging.getLogger("transformers").setLevel(saved_level or logging.WARNING)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="tsattn demo",
         description="Run the embedded demo: each step prints what it checked and measured.",
-        epilog="Exit codes: 0 every step passed, 1 a step failed (its error is printed).",
+        epilog="examples:\n  tsattn demo\n  tsattn demo --out demo-out     # keep what it makes, then try the "
+               "commands it prints\n\nExit codes: 0 every step passed, 1 a step failed (its error is printed), "
+               "2 usage error (e.g. --out not empty).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--length", type=int, default=4096, help="sequence length of the long-input step")
+    parser.add_argument("--length", type=int, default=4096, help="sequence length of the long-input step "
+                        "(default %(default)s)")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="keep everything the demo makes in DIR (new or empty): patched clones, patches, "
+                             "exports, heatmaps (default: a temporary folder, removed at exit)")
     args = parser.parse_args(argv)
+    if args.out is not None and args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        parser.exit(2, f"tsattn demo: --out {args.out}: {'not a folder' if not args.out.is_dir() else 'not empty'}"
+                       f"; give a new or empty folder\n")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    for i, (title, fn) in enumerate(STEPS, 1):
-        print(f"[{i}/{len(STEPS)}] {title}", flush=True)
-        try:
-            print(f"      {fn(args)}", flush=True)
-        except Exception as exc:  # a failed check: report which step and why
-            print(f"      FAILED: {exc}", file=sys.stderr)
-            return 1
+    with _third_party_quiet():
+        for i, (title, fn) in enumerate(STEPS, 1):
+            print(f"[{i}/{len(STEPS)}] {title}", flush=True)
+            try:
+                text = fn(args)
+            except Exception as exc:  # a failed check: report which step and why
+                _progress("")
+                print(f"      FAILED: {exc}", file=sys.stderr)
+                return 1
+            _progress("")
+            print(f"      {text}", flush=True)
     print("demo: all steps passed")
+    state = getattr(args, "_calf_demo", None)
+    _report(args.out, None if state is None else state["tmp"])
     return 0
 
 

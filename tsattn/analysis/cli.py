@@ -393,7 +393,9 @@ def run(args: argparse.Namespace) -> int:
                     "folder": str(staging / name / attention),
                 })
         jobs = min(args.jobs, len(tasks))
-        with tqdm(total=len(tasks) * epochs, unit="epoch", file=sys.stderr, dynamic_ncols=True) as bar:
+        # the bar only on a terminal: a redirected log gets the per-run lines, not carriage returns
+        with tqdm(total=len(tasks) * epochs, unit="epoch", file=sys.stderr, dynamic_ncols=True,
+                  disable=not sys.stderr.isatty()) as bar:
             runs = _execute(tasks, jobs, args.threads, bar)
         comparison = {"config": {**config, "jobs": jobs, "threads": args.threads}, "runs": runs,
                       "seconds": round(time.perf_counter() - t_start, 3)}

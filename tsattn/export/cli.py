@@ -34,11 +34,11 @@ examples:
       --config '{{"seq_len": 96, "pred_len": 96, "gpt_layers": 6, "r": 8, "lora_alpha": 32}}'
   tsattn-export --target ./CALF --feature wcmha --out /tmp/calf --set enc_in=7 --exporter legacy
   tsattn-export --model reference --out /tmp/ref --triton-repo /srv/triton/models   # + a Triton model repository
-  tsattn-export --target ./Hephaestus --feature efficient --out /tmp/heph --set attention_type=local \
+  tsattn-export --target ./Hephaestus --feature efficient --out /tmp/heph --set attention_type=local \\
       --set 'attention_kwargs={{"window_size": 64}}' --set numeric_columns=4 --set categorical_columns=2
   tsattn-export --target ./Wave-Transformer --feature enhancements --out /tmp/wave --exporter legacy
-  tsattn-export --target ./Wave-Transformer --feature wcmha --out /tmp/wave --checkpoint runs/wave_model_dir \
-      --set encoder=my_encoder.py:TokenEncoder \
+  tsattn-export --target ./Wave-Transformer --feature wcmha --out /tmp/wave --checkpoint runs/wave_model_dir \\
+      --set encoder=my_encoder.py:TokenEncoder \\
       --set decoder=wave_transformer.language_modelling.token_decoder:WaveToTokenDecoder
   tsattn-export --list
 
@@ -62,6 +62,13 @@ It is written to a temporary directory beside --out and renamed into place only 
 --triton-backend python writes 1/model.py instead, which runs the graph with ONNX Runtime and keeps each
 sequence's cache (tsattn/export/triton_python.py).
 
+In a target's own environment (e.g. CALF's pinned one: transformers 4.30.1, peft 0.9.0), tsattn-export needs
+torch, numpy, onnx, onnxscript, onnxruntime and tqdm besides the target's own packages; not libcst or gitpython
+when the clone has tsattn-inject's record (.git/tsattn/), which it reads with the standard library
+(`pip install --no-deps tsattn` then `pip install onnx onnxscript onnxruntime tqdm`). einops < 0.7 breaks the
+dynamo exporter's torch.export (`unhashable type: non-nested SymInt`): `pip install 'einops>=0.7'` (CALF runs
+with it) or --exporter legacy; tsattn-export warns when the model's code loaded such an einops.
+
 exit codes:
   0  exported, every parity check within tolerance
   1  internal error (a traceback is printed)
@@ -75,6 +82,12 @@ exit codes:
      unreadable, or does not fit the model
   {EXIT_TRITON}  --triton-repo: the Triton repository entry could not be written (the export was written)
 """
+
+
+def _progress(text: str) -> None:
+    """A progress line on stderr, only on a terminal (the export itself shows a bar there too)."""
+    if sys.stderr.isatty():
+        print(f"{PROG}: {text} ...", file=sys.stderr, flush=True)
 
 
 def _parse_value(text: str) -> Any:
@@ -240,7 +253,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from tsattn.export.checkpoint import CheckpointRefused
     from tsattn.export.exporter import (FORMATS, MIN_OPSET, GraphContractError, ParityError, check_out_dir, export,
-                                        max_opset)
+                                        known_breakage, max_opset)
     from tsattn.export.manifest import parity_table
     from tsattn.export.models import MODELS
     from tsattn.export.spec import EXPORTERS
@@ -259,8 +272,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if not args.target.is_dir():
                 raise FileNotFoundError(f"--target {args.target}: no such directory")
             entry = find_target(args.target.resolve(), args.feature)
+            _progress(f"building {entry.kind}/{args.feature} from {args.target} (its own model code)")
             exportable = entry.build(args.target.resolve(), args.feature, options, args.checkpoint, args.seed)
         else:
+            _progress(f"building {args.model}")
             exportable = MODELS[args.model].build(options, args.checkpoint, args.seed)
     except CheckpointRefused as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
@@ -304,6 +319,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if "onnx" in formats and not MIN_OPSET <= args.opset <= max_opset(exporter):
         parser.error(f"--opset must be between {MIN_OPSET} and {max_opset(exporter)} with the {exporter} exporter; "
                      f"got {args.opset}")
+    # a package the model's code loaded, in a version known to break the dynamo exporter (CALF pins einops 0.4.1)
+    breakage = known_breakage() if "onnx" in formats and exporter == "dynamo" and "einops" in sys.modules else None
+    if breakage:
+        log.warning("%s", breakage)
     try:
         manifest = export(exportable, args.out, formats=formats, opset=args.opset, exporter=exporter,
                           overwrite=args.overwrite, progress=True)
@@ -313,12 +332,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_PARITY
     except GraphContractError as exc:
         print(f"{PROG}: the exported graph breaks its spec, nothing written: {exc}", file=sys.stderr)
+        if breakage:
+            print(f"{PROG}: likely cause: {breakage}", file=sys.stderr)
         return EXIT_PARITY
     except FileExistsError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception:
         traceback.print_exc()
+        if breakage:
+            print(f"{PROG}: likely cause: {breakage}", file=sys.stderr)
         return EXIT_INTERNAL
     triton_dir = None
     if triton_entry is not None:

@@ -92,6 +92,29 @@ def versions(exporter: Optional[str] = None) -> Dict[str, Optional[str]]:
     return out
 
 
+def known_breakage() -> Optional[str]:
+    """What in this environment is known to break the ``dynamo`` exporter, with the fix; None if nothing is.
+
+    einops < 0.7 (CALF pins 0.4.1): ``torch.export`` cannot trace ``einops.rearrange`` with a dynamic dim
+    (``TypeError: unhashable type: non-nested SymInt``, from einops' shape cache); 0.7 traces it."""
+    import importlib.metadata as metadata
+
+    try:
+        version = metadata.version("einops")
+    except metadata.PackageNotFoundError:
+        return None
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit()) if piece[:1].isdigit() else ""
+        parts.append(int(digits) if digits else 0)
+    if tuple(parts) >= (0, 7):
+        return None
+    return (f"einops {version} is installed: with einops < 0.7, torch.export (the dynamo exporter's first capture) "
+            f"fails on einops.rearrange with a dynamic dim (TypeError: unhashable type: non-nested SymInt) and the "
+            f"exporter falls back to a capture that may fix a dim; if the export fails, fix: "
+            f"`pip install 'einops>=0.7'` (CALF's code runs unchanged with it), or --exporter legacy")
+
+
 # ---------------------------------------------------------------------------------------------------- tracing
 
 

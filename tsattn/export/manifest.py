@@ -11,7 +11,8 @@ Schema (``manifest_version`` 2; version 1 manifests still load, their free-form 
       "format": "tsattn-export", "manifest_version": 2,
       "name": "reference",                              model name
       "created": "2025-01-01T00:00:00Z",
-      "source": {"kind": "reference", "config": {...}, "seed": 0, "checkpoint": null | {"path", "sha256"}}
+      "source": {"kind": "reference", "config": {...}, "seed": 0, "checkpoint": null | {"path", "sha256"},
+                 "weights": "checkpoint" | "random (seed 0): ..."}
              or {"kind": "model", "model": "autoregressive" | "encoder_decoder", "config": {...}, ...}
              or {"kind": "target", "target": "calf", "repo": ..., "upstream_commit": ..., "head": ...,
                  "dirty": [...], "feature": ..., "options": {...}, "options_from": ..., "checkpoint": ...,

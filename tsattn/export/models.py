@@ -98,6 +98,8 @@ def build_reference_export(options: Mapping[str, Any], checkpoint: Optional[Path
         "config": config.to_dict(),
         "seed": None if checkpoint is not None else seed,
         "checkpoint": None if checkpoint is None else {"path": str(checkpoint), "sha256": sha256_file(checkpoint)},
+        "weights": "checkpoint" if checkpoint is not None else (
+            f"random (seed {seed}): not a trained model; pass --checkpoint for trained weights"),
     }
     spec = reference_spec(config, model.blocks[0].attn.window)
     return Exportable(FlatCache(model, n_inputs=1, layers=config.n_layers).eval(), spec, source)

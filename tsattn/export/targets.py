@@ -232,9 +232,19 @@ def find_target(repo: Path, feature: str) -> TargetEntry:
     """The entry that recognises ``repo`` and exports ``feature``; raises ``NoExportSpec`` saying what is missing."""
     for entry in TARGETS.values():
         if entry.detect(repo):
-            if feature not in entry.features:
+            if _recorded(repo, entry.kind, feature):  # the injector's record names it: no recipe (libcst) needed
+                return entry
+            try:
+                features = entry.features
+            except ImportError as exc:  # the recipes are libcst codemods; a target's own environment may lack it
+                raise NoExportSpec(
+                    f"target {entry.kind} ({repo}) has no injection record of {feature!r} (was its patch applied "
+                    f"with `git apply`?), and without one tsattn-export reads what the injection adds from the "
+                    f"injector's recipes, which need libcst ({exc}): `pip install 'libcst>=1.1'`, or inject with "
+                    f"tsattn-inject, which writes the record") from None
+            if feature not in features:
                 raise NoExportSpec(f"target {entry.kind} ({repo}) has no export spec for feature {feature!r}; "
-                                   f"it has {list(entry.features)}")
+                                   f"it has {list(features)}")
             return entry
     known = sorted(TARGETS) or "none yet"
     kind = _injector_kind(repo)
@@ -245,6 +255,15 @@ def find_target(repo: Path, feature: str) -> TargetEntry:
         + (f"Export specs for {', '.join(pending)} land with their injection recipes; " if pending else "")
         + "`tsattn-export --model reference` works today"
     )
+
+
+def _recorded(repo: Path, kind: str, feature: str) -> bool:
+    """Whether the clone holds the injector's record of ``kind``/``feature`` (read, and checked, by
+    ``open_patched``; standard library only)."""
+    from tsattn.injector.record import git_dir_of, record_path
+
+    git_dir = git_dir_of(repo) if (Path(repo) / ".git").exists() else None
+    return git_dir is not None and record_path(git_dir, kind, feature).is_file()
 
 
 def _injector_kind(repo: Path) -> Optional[str]:

@@ -76,14 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA if usable, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=1,
                    help="ONNX Runtime intra-op threads per session call (default 1; the HTTP loop needs a core)")
-    p.add_argument("--max-streams", type=int, default=1024, help="open streams; beyond, the LRU idle one is evicted")
+    p.add_argument("--max-streams", type=int, default=1024, help="open streams; beyond, the LRU idle one is evicted (default %(default)s)")
     p.add_argument("--max-cache-mb", type=float, default=1024.0,
                    help="KV cache of all streams, MiB; beyond, LRU idle streams are evicted (default 1024; 0: no limit)")
     p.add_argument("--idle-ttl", type=float, default=900.0, metavar="S",
                    help="evict a stream idle for S seconds (default 900; 0: never)")
     p.add_argument("--batch-window-ms", type=float, default=2.0,
                    help="batch appends arriving less than this apart (default 2.0; 0: no waiting)")
-    p.add_argument("--max-batch", type=int, default=64, help="appends stepped in one call (1: no batching)")
+    p.add_argument("--max-batch", type=int, default=64, help="appends stepped in one call (default %(default)s; 1: no batching)")
     p.add_argument("--max-pending", type=int, default=4096, help="queued appends before 503 (default 4096)")
     p.add_argument("--max-append", type=int, help="observations per append (default 2048)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body limit (default 1 MiB)")

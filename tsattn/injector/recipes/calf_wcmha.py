@@ -13,7 +13,14 @@ branch, wrapped in peft's LoRA on ``c_attn``) and ``self.gpt2_text`` (the text b
   ``PowerformerAccustumGPT2Model.from_gpt2(..., alpha=getattr(configs, 'powerformer_alpha', A),
   decay=getattr(configs, 'powerformer_decay', D))``, which copies every weight; the text branch is untouched;
 - imports ``get_peft_model`` in ``models/CALF.py`` (upstream calls it without importing it);
-- adds ``--powerformer_alpha`` and ``--powerformer_decay`` to ``run.py`` after ``--gpt_layers``.
+- adds ``--powerformer_alpha`` and ``--powerformer_decay`` to ``run.py`` after ``--gpt_layers``, appends them to
+  its ``setting`` string (``..._wcmha-<decay>-<alpha>``: the checkpoint folder and result lines, so that a sweep's
+  runs do not overwrite each other) and prints them after ``print_args(args)``.
+
+Reproducible under a seed: ``from_gpt2`` draws no random numbers, so a model built under ``run.py``'s seed has
+the unpatched model's initial weights everywhere (LoRA adapters, projections, heads), and ``--powerformer_alpha 0``
+is CALF's own run. A checkpoint whose decay alpha differs from the configured one wins, with a warning naming
+both.
 
 Options ``--alpha`` (default 1.0) and ``--decay`` (default powerlaw) become the defaults of the run.py flags and
 of the ``getattr`` fallbacks.
@@ -25,7 +32,7 @@ import math
 from pathlib import Path
 from typing import Any, List, Mapping
 
-from tsattn.injector.codemods import AddArgparseArgument, AddClass, AddImport, WrapCall
+from tsattn.injector.codemods import AddArgparseArgument, AddClass, AddImport, InsertStatements, WrapCall
 from tsattn.injector.errors import UsageError
 from tsattn.injector.recipe import Edit, Option, Recipe, register
 from tsattn.injector.templates import MODULES, Template, template_constant
@@ -56,6 +63,22 @@ TIME_BRANCH = (
 )
 
 
+# run.py's experiment name (checkpoint folder, result lines), as upstream builds it in both of its branches
+SETTING = """
+setting = '{}_{}_{}_{}_ft{}_sl{}_ll{}_pl{}_dm{}_nh{}_el{}_dl{}_df{}_fc{}_eb{}_dt{}_{}_gpt{}_{}'.format(
+    args.task_name, args.model_id, args.model, args.data, args.features, args.seq_len, args.label_len,
+    args.pred_len, args.d_model, args.n_heads, args.e_layers, args.d_layers, args.d_ff, args.factor, args.embed,
+    args.distil, args.des, args.gpt_layers, ii)
+"""
+SETTING_POWERFORMER = "setting += '_wcmha-{}-{}'.format(args.powerformer_decay, args.powerformer_alpha)\n"
+# after run.py's print_args(args): the options in print_args' own layout
+PRINT_POWERFORMER = (
+    "print('\\033[1m' + 'Powerformer WCMHA (tsattn-inject)' + '\\033[0m')\n"
+    "print('  {:<20}{:<20}{:<20}{:<20}'.format('Alpha:', args.powerformer_alpha, 'Decay:', args.powerformer_decay))\n"
+    "print()\n"
+)
+
+
 def edits(options: Mapping[str, Any]) -> List[Edit]:
     alpha, decay = float(options["alpha"]), options["decay"]
     return [
@@ -70,6 +93,8 @@ def edits(options: Mapping[str, Any]) -> List[Edit]:
              default=alpha, help="Powerformer WCMHA decay scale of the time branch (0: plain causal attention)"),
         Edit("run.py", AddArgparseArgument, flag="--powerformer_decay", after="--powerformer_alpha", type="str",
              default=decay, choices=DECAY_TYPES, help="Powerformer WCMHA decay of the time branch"),
+        Edit("run.py", InsertStatements, scope="", after=SETTING, statements=SETTING_POWERFORMER),
+        Edit("run.py", InsertStatements, scope="", after="print_args(args)", statements=PRINT_POWERFORMER),
     ]
 
 

@@ -5,7 +5,8 @@ The modules keep GPT-2's parameter names and shapes (``c_attn``, ``c_proj`` as t
 ``ln_2``, ``mlp.c_fc``, ``mlp.c_proj``, ``wte``, ``wpe``, ``ln_f``), so a GPT-2 state_dict loads one to one and
 peft's LoRA with ``target_modules=["c_attn"]`` applies unchanged. The only new state is each attention's decay
 (``h.<i>.attn.decay.alpha``); a state_dict without it (a plain GPT-2, or a checkpoint saved before the
-attention was swapped) still loads with ``strict=True`` and keeps the configured alpha.
+attention was swapped) still loads with ``strict=True`` and keeps the configured alpha. A state_dict whose alpha
+differs from the configured one wins, with a ``UserWarning`` naming both values.
 
 Attention scores are GPT-2's ``q.k / sqrt(head_dim)`` plus the WCMHA bias ``decay(dt)`` of the query-key distance
 ``dt`` (``-alpha * log(dt + 1)`` for the default ``powerlaw``), future positions masked. ``alpha=0`` is GPT-2's
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -35,6 +37,15 @@ KVCache = Tuple[torch.Tensor, torch.Tensor]  # (key, value), each (batch, heads,
 
 # Buffers of transformers' GPT2Attention that older GPT-2 checkpoints carry; they hold no learned state.
 _LEGACY_ATTENTION_BUFFERS = ("bias", "masked_bias")
+
+
+def _values(t: torch.Tensor):
+    """A decay tensor as a number (scalar) or a list of numbers, for messages."""
+    def short(v: float) -> float:
+        return float(f"{v:.7g}")  # float32 0.7 as 0.7, not 0.699999988079071
+
+    values = t.detach().cpu().tolist()
+    return [short(v) for v in values] if isinstance(values, list) else short(values)
 
 
 class PowerformerGPT2Attention(nn.Module):
@@ -70,9 +81,18 @@ class PowerformerGPT2Attention(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         for name in _LEGACY_ATTENTION_BUFFERS:
             state_dict.pop(prefix + name, None)
-        # A state_dict saved before the swap has no decay: keep the configured one.
-        for name, tensor in self.decay.state_dict().items():
-            state_dict.setdefault(prefix + "decay." + name, tensor)
+        for name, configured in self.decay.state_dict().items():
+            key = prefix + "decay." + name
+            if key not in state_dict:  # saved before the swap (no decay): keep the configured one
+                state_dict[key] = configured
+                continue
+            loaded = state_dict[key]
+            if loaded.shape == configured.shape and not torch.equal(loaded.to(configured), configured):
+                warnings.warn(
+                    f"PowerformerGPT2: the loaded state_dict's decay {name} {_values(loaded)} replaces the configured "
+                    f"{_values(configured)} (decay {self.decay.decay!r}): the checkpoint wins. To run with the "
+                    f"configured value, leave the '*.attn.decay.{name}' entries out of the state_dict you load.",
+                    UserWarning, stacklevel=2)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
@@ -180,11 +200,17 @@ class PowerformerGPT2Model(GPT2Model, GenerationMixin):
 
         ``gpt2`` is any ``GPT2Model`` (for example from ``from_pretrained``, possibly with fewer blocks than its
         config says); the copy has as many blocks, the same config otherwise, device, dtype and train/eval mode.
-        Raises ``ValueError`` if a weight of ``gpt2`` has no place in the copy or the copy has one ``gpt2`` lacks.
+        It draws no random numbers (the global CPU and CUDA generators are left as they were), so a seeded
+        script builds everything after it as the unpatched script does. Raises ``ValueError`` if a weight of
+        ``gpt2`` has no place in the copy or the copy has one ``gpt2`` lacks.
         """
         config = copy.deepcopy(gpt2.config)
         config.n_layer = len(gpt2.h)
-        model = cls(config, powerformer_alpha=alpha, powerformer_decay=decay)
+        # Every weight is overwritten below, so the fresh ones must not draw from the global random stream:
+        # otherwise what a seeded script builds after this (LoRA adapters, heads) differs from the unpatched run.
+        cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=cuda):
+            model = cls(config, powerformer_alpha=alpha, powerformer_decay=decay)
         ref = next(gpt2.parameters())
         model.to(device=ref.device, dtype=ref.dtype)
         legacy = tuple(".attn." + name for name in _LEGACY_ATTENTION_BUFFERS)
