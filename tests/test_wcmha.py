@@ -386,8 +386,10 @@ GRAD_PATHS = [
 ]
 # blocks longer than the split's sub-rows (256): a block's rows take the keys before the block (one part) and,
 # 256 queries at a time, the block's keys up to them (the causal corner masked), merged through log-sum-exps;
-# (900, 900, 640): a partial last sub-row (128 queries) and a last block of 260 queries (a sub-row of 4)
-LONG_GRAD_PATHS = [(600, 600, 512, None, None), (530, 700, 512, None, None), (900, 900, 640, None, None)]
+# (900, 900, 640): a partial last sub-row (128 queries) and a last block of 260 queries (a sub-row of 4);
+# (1090, 1200, 512): after a cache, two full blocks (each with keys before it) and a partial one
+LONG_GRAD_PATHS = [(600, 600, 512, None, None), (530, 700, 512, None, None), (900, 900, 640, None, None),
+                   (1090, 1200, 512, None, None)]
 
 
 @pytest.mark.parametrize("decay,alpha", [("powerlaw", 0.9), ("simpowerlaw", 0.6)])
@@ -569,7 +571,7 @@ def test_split_schedule_parts_cover_each_causal_row_once():
     masked corners of the sub-rows), with the lengths the gradient tests above use."""
     from tsattn.modules.wcmha import _SUB_ROWS, _Schedule
 
-    for lq, lk, block in [(900, 900, 640), (530, 700, 512), (50, 50, 16), (2048, 2048, 1024)]:
+    for lq, lk, block in [(900, 900, 640), (530, 700, 512), (1090, 1200, 512), (50, 50, 16), (2048, 2048, 1024)]:
         sched = _Schedule(lq, lk, True, None, block)
         seen = torch.zeros(lq, lk, dtype=torch.int64)
         for s, e, parts in sched.spans:
@@ -580,4 +582,4 @@ def test_split_schedule_parts_cover_each_causal_row_once():
         causal = torch.arange(lk)[None, :] <= torch.arange(lq)[:, None] + (lk - lq)
         assert (seen[causal] == 1).all() and (seen <= 1).all()
     assert len(_Schedule(900, 900, True, None, 640).spans[0][2]) == 3  # sub-rows of 256, 256, 128
-    assert [p[:2] for p in _Schedule(900, 900, True, None, 640).spans[1][2]] == [(640, 900), (640, 896), (896, 900)]
+    assert [p[:2] for p in _Schedule(900, 900, True, None, 640).spans[1][2]] == [(640, 896), (896, 900), (640, 900)]

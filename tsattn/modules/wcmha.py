@@ -345,10 +345,10 @@ class _Schedule:
     masked), computed once per call. The kernel reads that view from cache; no bias tile is materialised.
 
     Causal attention without a window splits each block longer than ``_SUB_ROWS`` so that little of the masked
-    half of the causal diagonal is computed: the keys before the block, for all its queries (one part, nothing
-    masked); then, for each ``_SUB_ROWS`` queries of the block, the block's keys up to them (their causal corner
-    masked by the ``-inf`` of negative distances in ``line``). The two parts of a row are merged through their
-    log-sum-exps. Otherwise (a window, non-causal, a short block) one part per block: the keys the block may see.
+    half of the causal diagonal is computed: for each ``_SUB_ROWS`` queries of the block, the block's keys up to
+    them (their causal corner masked by the ``-inf`` of negative distances in ``line``); then the keys before the
+    block, for all its queries (one part, nothing masked). The two parts of a row are merged through their
+    log-sum-exps, once per block. Otherwise (a window, non-causal, a short block) one part per block: the keys the block may see.
     """
 
     def __init__(self, lq: int, lk: int, causal: bool, win: Optional[int], block: int) -> None:
@@ -360,9 +360,10 @@ class _Schedule:
         for s in range(0, lq, block):
             e = min(s + block, lq)
             if causal and win is None and e - s > _SUB_ROWS:
-                parts = [(s, e, 0, p0 + s)] if p0 + s > 0 else []
-                parts += [(qs, min(qs + _SUB_ROWS, e), p0 + s, p0 + min(qs + _SUB_ROWS, e))
-                          for qs in range(s, e, _SUB_ROWS)]
+                # the sub-rows first, so that the keys before the block merge into all its rows at once
+                parts = [(qs, min(qs + _SUB_ROWS, e), p0 + s, p0 + min(qs + _SUB_ROWS, e))
+                         for qs in range(s, e, _SUB_ROWS)]
+                parts += [(s, e, 0, p0 + s)] if p0 + s > 0 else []
             else:
                 ks = 0 if win is None else max(0, p0 + s - win)
                 ke = p0 + e if causal else (lk if win is None else min(lk, p0 + e + win))
