@@ -379,7 +379,7 @@ def _torch_reference_bias(decay, alpha, lq, lk, causal=True, cutoff=None, window
 GRAD_PATHS = [
     (5, 5, 16, None, None),     # dense: few queries
     (4, 30, 16, None, None),    # dense, after a cache
-    (50, 50, 16, None, None),   # blocked, causal blocks split in the keys before and the causal square
+    (50, 50, 16, None, None),   # blocked, causal blocks of 16 (one part each: keys reversed, the corner masked)
     (37, 60, 16, None, None),   # blocked after a cache, a partial last block
     (50, 50, 16, 9, None),      # windowed by the decay's cutoff
     (45, 70, 16, None, 12),     # windowed by the call's window (max_context), after a cache
