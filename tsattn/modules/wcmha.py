@@ -348,7 +348,8 @@ class _Schedule:
     half of the causal diagonal is computed: for each ``_SUB_ROWS`` queries of the block, the block's keys up to
     them (their causal corner masked by the ``-inf`` of negative distances in ``line``); then the keys before the
     block, for all its queries (one part, nothing masked). The two parts of a row are merged through their
-    log-sum-exps, once per block. Otherwise (a window, non-causal, a short block) one part per block: the keys the block may see.
+    log-sum-exps, once per block. Otherwise (a window, non-causal, a short block) one part per block: the keys
+    the block may see.
     """
 
     def __init__(self, lq: int, lk: int, causal: bool, win: Optional[int], block: int) -> None:
