@@ -379,14 +379,17 @@ def _torch_reference_bias(decay, alpha, lq, lk, causal=True, cutoff=None, window
 GRAD_PATHS = [
     (5, 5, 16, None, None),     # dense: few queries
     (4, 30, 16, None, None),    # dense, after a cache
-    (50, 50, 16, None, None),   # blocked, causal blocks split in the keys before and the causal square
+    (50, 50, 16, None, None),   # blocked, causal blocks of 16 (one part each: keys reversed, the corner masked)
     (37, 60, 16, None, None),   # blocked after a cache, a partial last block
     (50, 50, 16, 9, None),      # windowed by the decay's cutoff
     (45, 70, 16, None, 12),     # windowed by the call's window (max_context), after a cache
 ]
-# blocks larger than the causal squares (256): a block's rows take the keys before the block, the block's keys
-# before them and their own square, merged through log-sum-exps
-LONG_GRAD_PATHS = [(600, 600, 512, None, None), (530, 700, 512, None, None)]
+# blocks longer than the split's sub-rows (256): a block's rows take the keys before the block (one part) and,
+# 256 queries at a time, the block's keys up to them (the causal corner masked), merged through log-sum-exps;
+# (900, 900, 640): a partial last sub-row (128 queries) and a last block of 260 queries (a sub-row of 4);
+# (1090, 1200, 512): after a cache, two full blocks (each with keys before it) and a partial one
+LONG_GRAD_PATHS = [(600, 600, 512, None, None), (530, 700, 512, None, None), (900, 900, 640, None, None),
+                   (1090, 1200, 512, None, None)]
 
 
 @pytest.mark.parametrize("decay,alpha", [("powerlaw", 0.9), ("simpowerlaw", 0.6)])
@@ -561,3 +564,22 @@ def test_dense_weights_is_the_softmax_of_scaled_scores_plus_bias_with_kv_heads_r
     assert np.allclose(got.numpy(), want, atol=1e-14) and (got[..., 0, 3:] == 0).all()
     assert torch.allclose(dense_weights(q, k, None), torch.softmax(
         q @ k.repeat_interleave(2, 1).transpose(-1, -2) / math.sqrt(8), -1), atol=1e-14)
+
+
+def test_split_schedule_parts_cover_each_causal_row_once():
+    """The causal schedule's parts (queries [qs, qe) x keys [ks, ke)) tile exactly the causal triangle (plus the
+    masked corners of the sub-rows), with the lengths the gradient tests above use."""
+    from tsattn.modules.wcmha import _SUB_ROWS, _Schedule
+
+    for lq, lk, block in [(900, 900, 640), (530, 700, 512), (1090, 1200, 512), (50, 50, 16), (2048, 2048, 1024)]:
+        sched = _Schedule(lq, lk, True, None, block)
+        seen = torch.zeros(lq, lk, dtype=torch.int64)
+        for s, e, parts in sched.spans:
+            for qs, qe, ks, ke in parts:
+                assert s <= qs < qe <= e and 0 <= ks < ke <= lk
+                assert (qs, qe) == (s, e) or qe - qs <= _SUB_ROWS  # a whole block, or a sub-row
+                seen[qs:qe, ks:ke] += 1
+        causal = torch.arange(lk)[None, :] <= torch.arange(lq)[:, None] + (lk - lq)
+        assert (seen[causal] == 1).all() and (seen <= 1).all()
+    assert len(_Schedule(900, 900, True, None, 640).spans[0][2]) == 3  # sub-rows of 256, 256, 128
+    assert [p[:2] for p in _Schedule(900, 900, True, None, 640).spans[1][2]] == [(640, 896), (896, 900), (640, 900)]

@@ -330,25 +330,26 @@ def _bias_line(bias: DecayBias, dt: Tensor, alpha: Tensor, win: Optional[int]) -
     return line
 
 
-Part = Tuple[bool, int, int, int, int]  # (diagonal, qs, qe, ks, ke): queries [qs, qe) and keys [ks, ke)
-_SQUARE = 256  # side of the causal squares of the split schedule (a dense bias this size is built once per call)
+Part = Tuple[int, int, int, int]  # (qs, qe, ks, ke): queries [qs, qe) and keys [ks, ke)
+_SUB_ROWS = 256  # queries per part on the causal diagonal of the split schedule
 
 
 class _Schedule:
     """The blocks of one blockwise call and the bias along every distance they meet, as one vector ``line``.
 
     Queries go ``block`` at a time, [s, e) at absolute positions p0 + s .. (p0 = Lk - Lq: a cache precedes them),
-    each block in parts (queries [qs, qe) of the block and some of its keys [ks, ke)). Keys taken in reversed
-    order make the bias a Toeplitz matrix in the order of the kernel's rows and columns: query r and reversed key
-    c are dt = r + c + off apart, off = p0 + qs - ke + 1, so a part's bias is an ``as_strided`` view with strides
-    (1, 1) of ``line``, the decays at distances dmin .. dmax (about Lk + block of them), computed once per call.
+    each block in parts (queries [qs, qe) of the block and some of its keys [ks, ke)). Keys are taken in reversed
+    order, which makes the bias a Toeplitz matrix in the order of the kernel's rows and columns: query r and
+    reversed key c are dt = r + c + off apart, off = p0 + qs - ke + 1, so a part's bias is an ``as_strided`` view
+    with strides (1, 1) of ``line``, the decays at distances dmin .. dmax (about Lk + block of them, ``-inf`` where
+    masked), computed once per call. The kernel reads that view from cache; no bias tile is materialised.
 
-    Causal attention without a window splits each block so that the kernel skips the masked half of the causal
-    diagonal: the keys before the block, for all its queries (one view of ``line``, nothing masked); then, for
-    each ``_SQUARE`` queries of the block, the block's keys before them (a view) and their own causal square, in
-    natural key order with ``is_causal`` and one dense Toeplitz bias built once. The parts of a row are merged
-    through their log-sum-exps. Otherwise (a window, non-causal) one part per block: the keys the window lets the
-    block see.
+    Causal attention without a window splits each block longer than ``_SUB_ROWS`` so that little of the masked
+    half of the causal diagonal is computed: for each ``_SUB_ROWS`` queries of the block, the block's keys up to
+    them (their causal corner masked by the ``-inf`` of negative distances in ``line``); then the keys before the
+    block, for all its queries (one part, nothing masked). The two parts of a row are merged through their
+    log-sum-exps, once per block. Otherwise (a window, non-causal, a short block) one part per block: the keys
+    the block may see.
     """
 
     def __init__(self, lq: int, lk: int, causal: bool, win: Optional[int], block: int) -> None:
@@ -356,25 +357,20 @@ class _Schedule:
             block = min(block, max(win, 64))
         p0 = lk - lq
         self.lk, self.p0 = lk, p0
-        self.split = causal and win is None
-        self.square = min(_SQUARE, block, lq)
         self.spans: List[Tuple[int, int, List[Part]]] = []
         for s in range(0, lq, block):
             e = min(s + block, lq)
-            if self.split:
-                parts = [(False, s, e, 0, p0 + s)] if p0 + s > 0 else []
-                for qs in range(s, e, self.square):
-                    qe = min(qs + self.square, e)
-                    if qs > s:
-                        parts.append((False, qs, qe, p0 + s, p0 + qs))
-                    parts.append((True, qs, qe, p0 + qs, p0 + qe))
+            if causal and win is None and e - s > _SUB_ROWS:
+                # the sub-rows first, so that the keys before the block merge into all its rows at once
+                parts = [(qs, min(qs + _SUB_ROWS, e), p0 + s, p0 + min(qs + _SUB_ROWS, e))
+                         for qs in range(s, e, _SUB_ROWS)]
+                parts += [(s, e, 0, p0 + s)] if p0 + s > 0 else []
             else:
                 ks = 0 if win is None else max(0, p0 + s - win)
                 ke = p0 + e if causal else (lk if win is None else min(lk, p0 + e + win))
-                parts = [(False, s, e, ks, ke)]
+                parts = [(s, e, ks, ke)]
             self.spans.append((s, e, parts))
-        offs = [(-(qe - qs - 1) if d else p0 + qs - ke + 1, qe - qs, ke - ks)
-                for _, _, parts in self.spans for d, qs, qe, ks, ke in parts]
+        offs = [(p0 + qs - ke + 1, qe - qs, ke - ks) for _, _, parts in self.spans for qs, qe, ks, ke in parts]
         self.dmin = min(off for off, _, _ in offs)
         self.dmax = max(off + nq + nk - 2 for off, nq, nk in offs)
 
@@ -385,28 +381,19 @@ class _Schedule:
         return _BlockMasks(self, line)
 
     def keys(self, k_rev: Tensor, part: Part) -> Tensor:
-        """A part's keys (or values) from the reversed ones: reversed, or natural order for a causal square."""
-        diagonal, _, _, ks, ke = part
-        kb = k_rev[:, :, self.lk - ke : self.lk - ks]
-        return kb.flip(2) if diagonal else kb
+        """A part's keys (or values), in reversed order, as a view of the reversed ones."""
+        _, _, ks, ke = part
+        return k_rev[:, :, self.lk - ke : self.lk - ks]
 
 
 class _BlockMasks:
-    """The (1, H|1, nq, nk) bias of each part of a ``_Schedule`` from one ``line`` (H|1, n), contiguous."""
+    """The (1, H|1, nq, nk) bias of each part of a ``_Schedule``: a view of one ``line`` (H|1, n), contiguous."""
 
     def __init__(self, sched: _Schedule, line: Tensor) -> None:
         self.sched, self.line = sched, line
-        self.square = None
-        if sched.split:  # the causal square's bias in natural key order, dt = r - c: a Hankel view, flipped
-            n = sched.square
-            hankel = line.as_strided((1, line.shape[0], n, n), (line.numel(), line.shape[1], 1, 1),
-                                     line.storage_offset() - sched.dmin - (n - 1))  # line[r + c - dmin - n + 1]
-            self.square = hankel.flip(-1)  # (1, H|1, n, n)
 
     def __call__(self, part: Part) -> Tensor:
-        diagonal, qs, qe, ks, ke = part
-        if diagonal:
-            return self.square[:, :, : qe - qs, : qe - qs]
+        qs, qe, ks, ke = part
         line, sched = self.line, self.sched
         start = sched.p0 + qs - ke + 1 - sched.dmin
         # 4-D on purpose: SDPA's fused CPU kernel takes a 3-D mask through a much slower path (measured 4x).
@@ -449,8 +436,8 @@ def _flash_blocks(sched: _Schedule, masks: _BlockMasks, q: Tensor, k_rev: Tensor
     for s, _, parts in sched.spans:
         covered = s  # rows [s, covered) of this block have a part already (parts come in that order)
         for part in parts:
-            diagonal, qs, qe, _, _ = part
-            o, l = forward_op(q[:, :, qs:qe], sched.keys(k_rev, part), sched.keys(v_rev, part), 0.0, diagonal,
+            qs, qe = part[0], part[1]
+            o, l = forward_op(q[:, :, qs:qe], sched.keys(k_rev, part), sched.keys(v_rev, part), 0.0, False,
                               attn_mask=masks(part))
             if lse is None:
                 lse = l.new_empty(q.shape[:3])
@@ -460,8 +447,8 @@ def _flash_blocks(sched: _Schedule, masks: _BlockMasks, q: Tensor, k_rev: Tensor
                 continue
             prev = lse[:, :, qs:qe]
             new = torch.logaddexp(prev, l)
-            out[:, :, qs:qe] = (torch.exp(prev - new).unsqueeze(-1).to(o.dtype) * out[:, :, qs:qe]
-                                + torch.exp(l - new).unsqueeze(-1).to(o.dtype) * o)
+            # exp(prev - new) out + exp(l - new) o, the two weights summing to one
+            out[:, :, qs:qe] = torch.lerp(out[:, :, qs:qe], o, torch.exp(l - new).unsqueeze(-1).to(o.dtype))
             lse[:, :, qs:qe] = new
     return out, lse
 
@@ -511,17 +498,15 @@ class _BlockedDecayedAttention(torch.autograd.Function):
             d_alpha = torch.zeros(q.shape[1], dtype=_bias_dtype(q.dtype), device=q.device)
         for _, _, parts in sched.spans:
             for part in parts:
-                diagonal, qs, qe, ks, ke = part
+                qs, qe, ks, ke = part
                 qb, ob, lb, gb = q[:, :, qs:qe], out[:, :, qs:qe], lse[:, :, qs:qe], grad_out[:, :, qs:qe]
                 kb, vb = sched.keys(k_rev, part), sched.keys(v_rev, part)
-                gq, gk, gv = backward_op(gb, qb, kb, vb, ob, lb, 0.0, diagonal, attn_mask=masks(part))
-                if diagonal:
-                    gk, gv = gk.flip(2), gv.flip(2)
+                gq, gk, gv = backward_op(gb, qb, kb, vb, ob, lb, 0.0, False, attn_mask=masks(part))
                 dq[:, :, qs:qe] += gq
                 dk_rev[:, :, lk - ke : lk - ks] += gk
                 dv_rev[:, :, lk - ke : lk - ks] += gv
                 if need_alpha:
-                    o2, l2 = forward_op(qb, kb, vb, 0.0, diagonal, attn_mask=tilted(part))
+                    o2, l2 = forward_op(qb, kb, vb, 0.0, False, attn_mask=tilted(part))
                     weight = torch.exp((l2 - lb).to(d_alpha.dtype))  # (B, H, nq)
                     d_alpha += (weight * (gb * (o2 - ob)).sum(-1).to(d_alpha.dtype)).sum(dim=(0, 2))
         grad_alpha = None
@@ -546,7 +531,7 @@ def _blocked_attention(
     outs = []
     for _, _, (part,) in sched.spans:
         outs.append(F.scaled_dot_product_attention(
-            q[:, :, part[1] : part[2]], sched.keys(k_rev, part), sched.keys(v_rev, part), attn_mask=masks(part),
+            q[:, :, part[0] : part[1]], sched.keys(k_rev, part), sched.keys(v_rev, part), attn_mask=masks(part),
             dropout_p=dropout_p, enable_gqa=gqa,
         ))
     return torch.cat(outs, dim=2)
