@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import ast
 import functools
-import math
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import libcst as cst
 import libcst.matchers as m
+from libcst.codemod import CodemodContext
 from libcst.codemod.visitors import AddImportsVisitor
 
 from tsattn.injector.codemods import NO_VALUE, AddArgparseArgument, AddImport, Code, InsertStatements, SetKeyword, \
@@ -84,7 +84,7 @@ class AddArgparseAction(AddArgparseArgument):
 
     DESCRIPTION = "Add an argparse flag with an action (store_true, ...) next to an anchor argument, or update it."
 
-    def __init__(self, context, flag: str, after: str, action: str, default: Any = NO_VALUE,
+    def __init__(self, context: CodemodContext, flag: str, after: str, action: str, default: Any = NO_VALUE,
                  help: Optional[str] = None) -> None:
         super().__init__(context, flag, after, default=default, help=help)
         self.action = action
@@ -180,7 +180,7 @@ HELP_TRAIN = "train the decay exponent, one scalar per layer (powerlaw, simpower
 
 
 def edits(options: Mapping[str, Any]) -> List[Edit]:
-    kind, scale = options["attn_decay_type"], float(options["attn_decay_scale"])
+    decay_type, scale = options["attn_decay_type"], float(options["attn_decay_scale"])
     out: List[Edit] = [Edit(BACKBONE, AddImportToImports, module="layers.powerformer_decay", names=["PowerformerDecay"])]
     for function, callee in CHAIN:
         out += [Edit(BACKBONE, SetParameterDefault, function=function, param=p, value=v) for p, v in PARAMS]
@@ -193,11 +193,11 @@ def edits(options: Mapping[str, Any]) -> List[Edit]:
         Edit(BACKBONE, InsertStatements, scope="_ScaledDotProductAttention.forward", after=SDPA_FORWARD_ANCHOR,
              statements=SDPA_FORWARD),
         Edit(MODEL, InsertStatements, scope="Model.__init__", after=MODEL_ANCHOR,
-             statements=MODEL_CONFIG.format(type=kind, scale=scale)),
+             statements=MODEL_CONFIG.format(type=decay_type, scale=scale)),
         *[Edit(MODEL, SetKeyword, callee="PatchTST_backbone", keyword=p, value=Code(p), scope="Model.__init__")
           for p, _ in PARAMS],
         Edit(RUN, AddArgparseArgument, flag="--attn_decay_type", after="--individual", type="str.lower",
-             default=kind, choices=DECAY_TYPES, help=HELP_TYPE),
+             default=decay_type, choices=DECAY_TYPES, help=HELP_TYPE),
         Edit(RUN, AddArgparseArgument, flag="--attn_decay_scale", after="--attn_decay_type", type="float",
              default=scale, help=HELP_SCALE),
         Edit(RUN, AddArgparseAction, flag="--train_attn_decay", after="--attn_decay_scale", action="store_true",
