@@ -223,9 +223,10 @@ TARGETS: Dict[str, TargetEntry] = {
                               _lazy("tsattn.export.hephaestus", "build_hephaestus_export")),
     "wave_transformer": TargetEntry("wave_transformer", _detects("wave_transformer"),
                                     _lazy("tsattn.export.wave", "build_wave_export")),
+    "patchtst": TargetEntry("patchtst", _detects("patchtst"), _lazy("tsattn.export.patchtst", "build_patchtst_export")),
 }
 
-PLANNED = ("calf", "hephaestus", "wave_transformer")  # every injector kind; --list names those without a spec
+PLANNED = ("calf", "hephaestus", "wave_transformer", "patchtst")  # every injector kind; --list names those without a spec
 
 
 def find_target(repo: Path, feature: str) -> TargetEntry:

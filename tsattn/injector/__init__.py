@@ -2,7 +2,7 @@
 
 Modules (one concept each):
 
-    targets.py      target kinds (calf, hephaestus, wave_transformer) and their detection by fingerprints
+    targets.py      target kinds (calf, hephaestus, wave_transformer, patchtst) and their detection by fingerprints
     recipe.py       Recipe / Option / Edit (a recipe is data) and the registry
     codemods/       the generic, reusable libcst codemods recipes are made of, one module per kind of edit
     templates.py    Template(source, dest): files copied into the target, with the templates they import

@@ -71,6 +71,14 @@ register_kind(TargetKind(
      Fingerprint("src/wave_transformer/core/transformer.py", ("MultiQueryFlashAttention", "TransformerParallelBlock"))),
 ))
 
+register_kind(TargetKind(
+    "patchtst", "yuqinie98/PatchTST: patch time-series transformer (the PatchTST_supervised tree)",
+    (Fingerprint("PatchTST_supervised/models/PatchTST.py", ("Model",)),
+     Fingerprint("PatchTST_supervised/layers/PatchTST_backbone.py",
+                 ("PatchTST_backbone", "TSTiEncoder", "_ScaledDotProductAttention")),
+     Fingerprint("PatchTST_supervised/run_longExp.py")),
+))
+
 
 def describe_fingerprints() -> List[str]:
     return [f"{k.name}: " + "; ".join(str(f) for f in k.fingerprints) for k in KINDS.values()]
