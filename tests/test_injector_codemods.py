@@ -652,3 +652,30 @@ def test_a_libcst_codemod_of_a_recipe_queues_its_imports_into_the_same_pass():
 
     out = run_pass("import os\n\nf()\n", (RenameCalls, {}), (AddImport, dict(module="torch", names=["nn"])))
     assert out == "import os\nfrom torch import nn\n\ng()\n"
+
+
+def test_add_import_joins_the_first_import_block_of_a_module_that_starts_with_other_statements():
+    source = textwrap.dedent("""\
+        __all__ = ['X']
+
+        # Cell
+        import torch
+        from a import b
+
+        class X: pass
+        import late
+    """)
+    out = run(source, AddImport, module="layers.decay", names=["D"])
+    assert out == source.replace("from a import b\n", "from a import b\nfrom layers.decay import D\n")
+    assert run(out, AddImport, module="layers.decay", names=["D"]) == out
+    merged = run(out, AddImport, module="layers.decay", names=["E"])
+    assert merged.count("from layers.decay import") == 1 and ("import E, D\n" in merged or "import D, E\n" in merged)
+    assert run("x = 1\n", AddImport, module="m", names=["n"]).startswith("from m import n\n")
+
+
+def test_add_argparse_argument_with_an_action_adds_and_updates_a_flag():
+    source = "p.add_argument('--a', type=int, default=0)\nrest = 1\n"
+    out = run(source, AddArgparseArgument, flag="--t", after="--a", action="store_true", default=False, help="h")
+    assert out == source.replace("rest", "p.add_argument('--t', action='store_true', default=False, help='h')\nrest")
+    again = run(out, AddArgparseArgument, flag="--t", after="--a", action="store_false", help="h2")
+    assert again == source.replace("rest", "p.add_argument('--t', action='store_false', help='h2')\nrest")

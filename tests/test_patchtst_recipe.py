@@ -10,22 +10,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 import types
 from pathlib import Path
 
 import git
-import libcst as cst
 import pytest
 import torch
 import torch.nn.functional as F
-from libcst.codemod import CodemodContext
 
 from tsattn.examples import imports_from, lookalike_repo
 from tsattn.injector import cli, engine, transaction
 from tsattn.injector.errors import UsageError
-from tsattn.injector.recipes.patchtst_wcmha import BACKBONE, DECAY_MODULE, MODEL, RUN, AddArgparseAction, \
-    AddImportToImports
+from tsattn.injector.recipes.patchtst_wcmha import BACKBONE, DECAY_MODULE, MODEL, RUN
 from tsattn.injector.targets import detect
 from tsattn.modules import powerformer_decay
 
@@ -340,38 +336,3 @@ def test_list_shows_the_patchtst_row(capsys):
     row = next(line.split() for line in out.splitlines() if line.split()[:1] == ["wcmha"])
     assert row[header.index("patchtst")] == "yes"
     assert "PatchTST_supervised/layers/PatchTST_backbone.py defining class PatchTST_backbone" in out
-
-
-# --- this recipe's codemods -------------------------------------------------------------------------------------------
-
-
-def run_codemod(code: str, codemod, **args) -> str:
-    context = CodemodContext(filename="pkg/mod.py", full_module_name="pkg.mod", full_package_name="pkg")
-    return codemod(context, **args).transform_module(cst.parse_module(code)).code
-
-
-def test_add_import_to_imports_goes_after_the_first_import_block():
-    source = textwrap.dedent("""\
-        __all__ = ['X']
-
-        # Cell
-        import torch
-        from a import b
-
-        class X: pass
-        import late
-    """)
-    out = run_codemod(source, AddImportToImports, module="layers.decay", names=["D"])
-    assert out == source.replace("from a import b\n", "from a import b\nfrom layers.decay import D\n")
-    assert run_codemod(out, AddImportToImports, module="layers.decay", names=["D"]) == out
-    merged = run_codemod(out, AddImportToImports, module="layers.decay", names=["E"])
-    assert merged.count("from layers.decay import") == 1 and ("import E, D\n" in merged or "import D, E\n" in merged)
-    assert run_codemod("x = 1\n", AddImportToImports, module="m", names=["n"]).startswith("from m import n\n")
-
-
-def test_add_argparse_action_adds_and_updates_a_flag():
-    source = "p.add_argument('--a', type=int, default=0)\nrest = 1\n"
-    out = run_codemod(source, AddArgparseAction, flag="--t", after="--a", action="store_true", default=False, help="h")
-    assert out == source.replace("rest", "p.add_argument('--t', action='store_true', default=False, help='h')\nrest")
-    again = run_codemod(out, AddArgparseAction, flag="--t", after="--a", action="store_false", help="h2")
-    assert again == source.replace("rest", "p.add_argument('--t', action='store_false', help='h2')\nrest")

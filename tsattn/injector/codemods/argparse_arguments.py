@@ -41,11 +41,13 @@ def _argument_flags(statement: cst.CSTNode) -> Tuple[str, ...]:
 
 
 class AddArgparseArgument(AnchoredCodemod):
-    """``<parser>.add_argument(flag, type=..., default=..., choices=..., help=...)`` after the statement that adds
-    the argument ``after`` (same parser object); an existing ``flag`` gets these keywords instead.
+    """``<parser>.add_argument(flag, action=..., type=..., default=..., choices=..., help=...)`` after the
+    statement that adds the argument ``after`` (same parser object); an existing ``flag`` gets these keywords
+    instead.
 
-    ``type`` is a name (``"float"``); ``default``, ``choices`` and ``help`` are Python values (``NO_VALUE`` or
-    None leaves a keyword out).
+    ``action`` is an argparse action's name (``"store_true"``: a flag that takes no value; written right after
+    the option string); ``type`` is a name (``"float"``); ``default``, ``choices`` and ``help`` are Python values
+    (``NO_VALUE`` or None leaves a keyword out).
     """
 
     DESCRIPTION = "Add an argparse argument next to an anchor argument, or update it."
@@ -59,10 +61,12 @@ class AddArgparseArgument(AnchoredCodemod):
         default: Any = NO_VALUE,
         choices: Optional[Sequence[Any]] = None,
         help: Optional[str] = None,
+        action: Optional[str] = None,
     ) -> None:
         super().__init__(context)
         self.flag, self.after = flag, after
         self.type, self.default, self.choices, self.help = type, default, choices, help
+        self.action = action
         self.exists = False
 
     def visit_Module(self, node: cst.Module) -> None:
@@ -73,6 +77,8 @@ class AddArgparseArgument(AnchoredCodemod):
 
     def _call(self, func: cst.BaseExpression) -> cst.Call:
         args = [cst.Arg(literal(self.flag, self.quote))]
+        if self.action is not None:
+            args.append(_keyword("action", literal(self.action, self.quote)))
         if self.type is not None:
             args.append(_keyword("type", _dotted(self.type)))
         if self.default is not NO_VALUE:

@@ -331,17 +331,28 @@ def _separator(items: Sequence[Union[cst.Param, cst.Arg]]) -> cst.Comma:
 
 # --- one pass per file: imports queued in the context, applied once at its end -------------------------------------
 
+_IMPORT = m.SimpleStatementLine(body=[m.OneOf(m.Import(), m.ImportFrom())])
+_DOCSTRING = m.SimpleStatementLine(body=[m.Expr(m.SimpleString())])
 _IMPORT_OR_DOCSTRING = m.SimpleStatementLine(body=[m.OneOf(m.Import(), m.ImportFrom(), m.Expr(m.SimpleString()))])
 
 
-def _import_block(body: Sequence[cst.CSTNode]) -> int:
-    """Length of the module's leading block of docstring and import statements (what AddImportsVisitor edits)."""
+def _import_block(body: Sequence[cst.CSTNode]) -> Tuple[int, int]:
+    """``(start, end)``: the module's block of imports that AddImportsVisitor edits. The leading block of
+    docstring and import statements when the module starts with one; otherwise (a module that starts with
+    other statements, as PatchTST's ``__all__ = [...]``) its first run of top-level imports, so that an added
+    import joins the others instead of going above everything; ``(0, 0)`` in a module without imports."""
     n = 0
-    for statement in body:
-        if not m.matches(statement, _IMPORT_OR_DOCSTRING):
-            break
+    while n < len(body) and m.matches(body[n], _IMPORT_OR_DOCSTRING):
         n += 1
-    return n
+    if n == 0 or all(m.matches(s, _DOCSTRING) for s in body[:n]):
+        start = next((i for i in range(n, len(body)) if m.matches(body[i], _IMPORT)), None)
+        if start is None:
+            return 0, n
+        end = start
+        while end < len(body) and m.matches(body[end], _IMPORT):
+            end += 1
+        return start, end
+    return 0, n
 
 
 def _queued_imports(context: CodemodContext) -> List[ImportItem]:
@@ -354,10 +365,10 @@ def apply_queued_imports(context: CodemodContext, tree: cst.Module) -> cst.Modul
     end of the block), on the module's leading block of docstring and imports only; the queue is emptied."""
     if not _queued_imports(context):
         return tree
-    n = _import_block(tree.body)
-    head = AddImportsVisitor(context).transform_module(tree.with_changes(body=tree.body[:n]))
+    start, end = _import_block(tree.body)
+    block = AddImportsVisitor(context).transform_module(tree.with_changes(body=tree.body[start:end]))
     context.scratch.pop(AddImportsVisitor.CONTEXT_KEY, None)
-    return tree.with_changes(body=[*head.body, *tree.body[n:]])
+    return tree.with_changes(body=[*tree.body[:start], *block.body, *tree.body[end:]])
 
 
 def pending_import_position(context: CodemodContext, body: Sequence[cst.CSTNode], statement: str) -> Optional[int]:
@@ -379,8 +390,8 @@ def pending_import_position(context: CodemodContext, body: Sequence[cst.CSTNode]
     names = sorted({i.obj_name for i in queued if i.module == module and i.obj_name and i.alias is None})
     if not names or names != [a.name for a in parsed[0].names]:
         return None
-    n = _import_block(body)
-    for existing in body[:n]:
+    start, n = _import_block(body)
+    for existing in body[start:n]:
         for node in existing.body:
             if isinstance(node, cst.ImportFrom) and get_absolute_module_from_package_for_import(package, node) == module:
                 return None

@@ -31,15 +31,10 @@ from __future__ import annotations
 
 import ast
 import functools
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping
 
-import libcst as cst
-import libcst.matchers as m
-from libcst.codemod import CodemodContext
-from libcst.codemod.visitors import AddImportsVisitor
-
-from tsattn.injector.codemods import NO_VALUE, AddArgparseArgument, AddImport, Code, InsertStatements, SetKeyword, \
-    SetParameterDefault, literal
+from tsattn.injector.codemods import AddArgparseArgument, AddImport, Code, InsertStatements, SetKeyword, \
+    SetParameterDefault
 from tsattn.injector.errors import UsageError
 from tsattn.injector.recipe import Edit, Option, Recipe, register
 from tsattn.injector.templates import MODULES, Template, template_constant
@@ -52,50 +47,6 @@ BACKBONE = f"{ROOT}/layers/PatchTST_backbone.py"
 MODEL = f"{ROOT}/models/PatchTST.py"
 RUN = f"{ROOT}/run_longExp.py"
 DECAY_MODULE = f"{ROOT}/layers/powerformer_decay.py"
-
-# --- codemods of this recipe ------------------------------------------------------------------------------------
-
-_IMPORT = m.SimpleStatementLine(body=[m.OneOf(m.Import(), m.ImportFrom())])
-
-
-class AddImportToImports(AddImport):
-    """``AddImport`` for a module whose imports follow other statements (PatchTST's files start with
-    ``__all__ = [...]``): the import is merged into, or added after, the module's first run of top-level import
-    statements, instead of above everything. A module without imports gets it at the top, as ``AddImport``."""
-
-    DESCRIPTION = "Add an import to the module's first block of imports."
-
-    def transform_module_impl(self, tree: cst.Module) -> cst.Module:
-        body = list(tree.body)
-        start = next((i for i, s in enumerate(body) if isinstance(s, cst.SimpleStatementLine) and m.matches(s, _IMPORT)),
-                     None)
-        if start is None:
-            return super().transform_module_impl(tree)
-        end = start
-        while end < len(body) and isinstance(body[end], cst.SimpleStatementLine) and m.matches(body[end], _IMPORT):
-            end += 1
-        block = AddImportsVisitor(self.context, self.imports).transform_module(tree.with_changes(body=body[start:end]))
-        return tree.with_changes(body=[*body[:start], *block.body, *body[end:]])
-
-
-class AddArgparseAction(AddArgparseArgument):
-    """``AddArgparseArgument`` with ``action=`` (``"store_true"``: a flag that takes no value), written right
-    after the option string; updated in place like the others."""
-
-    DESCRIPTION = "Add an argparse flag with an action (store_true, ...) next to an anchor argument, or update it."
-
-    def __init__(self, context: CodemodContext, flag: str, after: str, action: str, default: Any = NO_VALUE,
-                 help: Optional[str] = None) -> None:
-        super().__init__(context, flag, after, default=default, help=help)
-        self.action = action
-
-    def _call(self, func: cst.BaseExpression) -> cst.Call:
-        call = super()._call(func)
-        action = cst.Arg(value=literal(self.action, self.quote), keyword=cst.Name("action"),
-                         equal=cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""),
-                                               whitespace_after=cst.SimpleWhitespace("")))
-        return call.with_changes(args=[call.args[0], action, *call.args[1:]])
-
 
 # --- option checks: the template's own, without importing torch -------------------------------------------------
 
@@ -181,7 +132,7 @@ HELP_TRAIN = "train the decay exponent, one scalar per layer (powerlaw, simpower
 
 def edits(options: Mapping[str, Any]) -> List[Edit]:
     decay_type, scale = options["attn_decay_type"], float(options["attn_decay_scale"])
-    out: List[Edit] = [Edit(BACKBONE, AddImportToImports, module="layers.powerformer_decay", names=["PowerformerDecay"])]
+    out: List[Edit] = [Edit(BACKBONE, AddImport, module="layers.powerformer_decay", names=["PowerformerDecay"])]
     for function, callee in CHAIN:
         out += [Edit(BACKBONE, SetParameterDefault, function=function, param=p, value=v) for p, v in PARAMS]
         if callee is not None:
@@ -200,7 +151,7 @@ def edits(options: Mapping[str, Any]) -> List[Edit]:
              default=decay_type, choices=DECAY_TYPES, help=HELP_TYPE),
         Edit(RUN, AddArgparseArgument, flag="--attn_decay_scale", after="--attn_decay_type", type="float",
              default=scale, help=HELP_SCALE),
-        Edit(RUN, AddArgparseAction, flag="--train_attn_decay", after="--attn_decay_scale", action="store_true",
+        Edit(RUN, AddArgparseArgument, flag="--train_attn_decay", after="--attn_decay_scale", action="store_true",
              default=False, help=HELP_TRAIN),
     ]
     return out
