@@ -10,6 +10,10 @@ from .wcmha import (
     DECAY_TYPES, DecayBias, GroupedQueryAttention, WCMHA, decay_values, decayed_attention, dense_bias, dense_weights,
     trim_cache,
 )
+from .powerformer_decay import (
+    DECAY_TYPES as POWERFORMER_DECAY_TYPES, TRAINABLE_DECAY_TYPES as POWERFORMER_TRAINABLE_DECAY_TYPES, PowerformerDecay,
+    check_decay_options, decay_mask, normalize_decay_type,
+)
 from .wave_ahs import AdaptiveHarmonicSelector, HarmonicSparsificationLoss
 from .wave_fcl import CURRICULUM_MODES, FrequencyCurriculumScheduler, FrequencyMask
 from .wave_mrwp import MultiResolutionWavePyramid
@@ -40,6 +44,13 @@ __all__ = [
     "dense_bias",
     "dense_weights",
     "trim_cache",
+    # the Powerformer authors' decay masks (PatchTST / Time-Series-Library recipes, issues #19/#20)
+    "POWERFORMER_DECAY_TYPES",
+    "POWERFORMER_TRAINABLE_DECAY_TYPES",
+    "PowerformerDecay",
+    "check_decay_options",
+    "decay_mask",
+    "normalize_decay_type",
     # Wave-Transformer enhancements (issue #6)
     "AdaptiveHarmonicSelector",
     "HarmonicSparsificationLoss",
