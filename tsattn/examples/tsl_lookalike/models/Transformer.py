@@ -11,6 +11,8 @@ class Model(nn.Module):
         self.pred_len = configs.pred_len
         self.enc_embedding = nn.Linear(configs.enc_in, configs.d_model)
         self.dec_embedding = nn.Linear(configs.dec_in, configs.d_model)
+        marks = {'h': 4, 't': 5, 's': 6, 'm': 1, 'a': 1, 'w': 2, 'd': 3, 'b': 3}[getattr(configs, 'freq', 'h')]
+        self.mark_embedding = nn.Linear(marks, configs.d_model, bias=False)  # time features (embed 'timeF')
         self.encoder = Encoder(
             [
                 EncoderLayer(
@@ -38,7 +40,10 @@ class Model(nn.Module):
             projection=nn.Linear(configs.d_model, configs.c_out, bias=True)
         )
 
+    def embed(self, values, x, x_mark):
+        return values(x) if x_mark is None else values(x) + self.mark_embedding(x_mark)
+
     def forward(self, x_enc, x_mark_enc, x_dec, x_mark_dec, mask=None):
-        enc_out, _ = self.encoder(self.enc_embedding(x_enc), attn_mask=None)
-        dec_out = self.decoder(self.dec_embedding(x_dec), enc_out, x_mask=None, cross_mask=None)
+        enc_out, _ = self.encoder(self.embed(self.enc_embedding, x_enc, x_mark_enc), attn_mask=None)
+        dec_out = self.decoder(self.embed(self.dec_embedding, x_dec, x_mark_dec), enc_out, x_mask=None, cross_mask=None)
         return dec_out[:, -self.pred_len:, :]

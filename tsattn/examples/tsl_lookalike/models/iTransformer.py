@@ -1,4 +1,4 @@
-"""Look-alike: every variate's whole window is one token; attention over variates."""
+"""Look-alike: every variate's whole window is one token, and so is each time feature; attention over them."""
 import torch
 import torch.nn as nn
 from layers.Transformer_EncDec import Encoder, EncoderLayer
@@ -26,6 +26,8 @@ class Model(nn.Module):
     def forward(self, x_enc, x_mark_enc, x_dec, x_mark_dec, mask=None):
         means = x_enc.mean(1, keepdim=True).detach()
         stdev = torch.sqrt(torch.var(x_enc - means, dim=1, keepdim=True, unbiased=False) + 1e-5)
-        tokens = self.enc_embedding(((x_enc - means) / stdev).permute(0, 2, 1))  # (B, C, d_model)
-        z, _ = self.encoder(tokens, attn_mask=None)
-        return self.projection(z).permute(0, 2, 1) * stdev + means
+        series = ((x_enc - means) / stdev).permute(0, 2, 1)  # (B, C, L)
+        if x_mark_enc is not None:  # the time features are tokens too
+            series = torch.cat([series, x_mark_enc.permute(0, 2, 1)], 1)
+        z, _ = self.encoder(self.enc_embedding(series), attn_mask=None)
+        return self.projection(z).permute(0, 2, 1)[:, :, :x_enc.shape[2]] * stdev + means
