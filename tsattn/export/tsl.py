@@ -14,6 +14,9 @@ Time-Series-Library's ``exp/exp_long_term_forecasting.py`` calls it (``features=
 ignores the time features, so its graph has no mark input. The Transformer's decoder input is built inside the
 graph as the experiment builds it: the last ``label_len`` steps of ``x`` followed by ``pred_len`` zeros.
 
+**Exporters.** The default dynamo exporter exports all three; torch's legacy exporter cannot export PatchTST's
+``Tensor.unfold`` with a dynamic batch, so ``--exporter legacy`` is refused for it (``UNSUPPORTED``).
+
 **Dynamic and fixed dims.** ``batch`` is dynamic; every other dim is fixed by the weights or by the decay, whose
 mask is built for the token count (time steps, patches or variates plus time features) and cached per shape.
 
@@ -52,6 +55,10 @@ TOKENS = {"PatchTST": "patches of each variate's window", "iTransformer": "varia
           "Transformer": "time steps (encoder and decoder self-attention; cross-attention has no decay)"}
 FREQ_MARKS = {"h": 4, "t": 5, "s": 6, "m": 1, "a": 1, "w": 2, "d": 3, "b": 3}
 """Time features per ``freq`` with ``embed='timeF'`` (upstream's ``TimeFeatureEmbedding``)."""
+UNSUPPORTED = {"PatchTST": {"legacy": "PatchTST patches its window with Tensor.unfold after a ReplicationPad1d, "
+                                        "which torch's legacy ONNX exporter cannot export with a dynamic batch "
+                                        "('ONNX export of operator Unfold, input size not accessible')"}}
+"""Exporters that cannot export a model faithfully (measured on upstream 4e938a1 and the look-alike)."""
 CHECKPOINT_KEYS = ("model", "seq_len", "label_len", "pred_len", "enc_in", "d_model", "n_heads", "e_layers",
                    "d_layers", "d_ff", "freq")
 """What a checkpoint's shapes depend on or a wrong value would pass silently (``n_heads``, ``freq``)."""
@@ -183,6 +190,7 @@ def tsl_spec(config: TSLExportConfig) -> ExportSpec:
         outputs=outputs,
         example_sizes=example,
         parity_sizes=parity,
+        unsupported_exporters=UNSUPPORTED.get(config.model, {}),
         task=Task("forecast", tuple(StepTensor(n, 1) for n in names), (StepTensor("forecast", 1),), answer="last",
                   horizon=config.pred_len, time_dim="time", client={
                       "cache": "none: one call per window (Time-Series-Library's long-term forecast)",
