@@ -76,17 +76,22 @@ DECAYED_SOFTMAX = ("torch.softmax(scale * scores if attn_decay_mask is None else
                    "dim=-1)")
 
 
-class SetAttentionKeyword(SetKeyword):
-    """``SetKeyword`` for some of the calls to ``callee`` in ``scope``: with ``only``, those inside the assignment
-    ``only = ...`` (``"self.time_attention"``); with ``skip``, not those inside argument ``position`` (or keyword
-    ``keyword``) of a call to an enclosing callee (``("DecoderLayer", 1, "cross_attention")``: the decoder's
-    cross-attention). No call left to edit raises ``AnchorNotFound`` as ``SetKeyword`` does."""
+class SetAttentionKeywords(SetKeyword):
+    """``SetKeyword`` for several keywords (``keywords``: name -> value, in order) and for some of the calls to
+    ``callee`` in ``scope``: with ``only``, those inside the assignment ``only = ...`` (``"self.time_attention"``);
+    with ``skip``, not those inside argument ``position`` (or keyword ``keyword``) of a call to an enclosing
+    callee (``("DecoderLayer", 1, "cross_attention")``: the decoder's cross-attention). No call left to edit
+    raises ``AnchorNotFound`` as ``SetKeyword`` does. One pass over the module for all the keywords."""
 
-    DESCRIPTION = "Add or update a keyword argument of the calls that build self-attention."
+    DESCRIPTION = "Add or update keyword arguments of the calls that build self-attention."
 
-    def __init__(self, context: CodemodContext, callee: str, keyword: str, value: Any, scope: str,
+    def __init__(self, context: CodemodContext, callee: str, keywords: Mapping[str, Any], scope: str,
                  only: Optional[str] = None, skip: Sequence[SkipArg] = ()) -> None:
-        super().__init__(context, callee, keyword, value, scope)
+        if not keywords:
+            raise ValueError("SetAttentionKeywords: keywords must name at least one keyword")
+        self.keywords = dict(keywords)
+        first, value = next(iter(self.keywords.items()))
+        super().__init__(context, callee, first, value, scope)
         self.only, self.skip = only, tuple(skip)
         self.allowed: set = set()
         self.excluded: set = set()
@@ -115,7 +120,9 @@ class SetAttentionKeyword(SetKeyword):
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.Call:
         if id(original_node) in self.excluded or (self.only is not None and id(original_node) not in self.allowed):
             return updated_node
-        return super().leave_Call(original_node, updated_node)
+        for self.keyword, self.value in self.keywords.items():  # SetKeyword's edit, once per keyword
+            updated_node = super().leave_Call(original_node, updated_node)
+        return updated_node
 
 
 class AddArgparseFlag(AddArgparseArgument):
@@ -152,8 +159,8 @@ def edits(options: Mapping[str, Any]) -> List[Edit]:
         Edit(ATTENTION_FILE, ReplaceExpression, scope="FullAttention.forward", old=SOFTMAX, new=DECAYED_SOFTMAX),
     ]
     for path, scope, only, skip in SELF_ATTENTION:
-        out += [Edit(path, SetAttentionKeyword, callee="FullAttention", keyword=name, value=_getattr(name, default),
-                     scope=scope, only=only, skip=skip) for name, default in PARAMETERS]
+        out.append(Edit(path, SetAttentionKeywords, callee="FullAttention", scope=scope, only=only, skip=skip,
+                        keywords={name: _getattr(name, default) for name, default in PARAMETERS}))
     out += [
         Edit("run.py", AddArgparseArgument, flag="--attn_decay_type", after="--factor", type="str", default=None,
              help=f"Powerformer attention decay of FullAttention self-attention, case-insensitive: "
