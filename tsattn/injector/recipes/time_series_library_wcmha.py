@@ -120,9 +120,24 @@ class SetAttentionKeywords(SetKeyword):
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.Call:
         if id(original_node) in self.excluded or (self.only is not None and id(original_node) not in self.allowed):
             return updated_node
+        before = len(updated_node.args)
         for self.keyword, self.value in self.keywords.items():  # SetKeyword's edit, once per keyword
             updated_node = super().leave_Call(original_node, updated_node)
-        return updated_node
+        return self._one_per_line(updated_node, before)
+
+    @staticmethod
+    def _one_per_line(call: cst.Call, before: int) -> cst.Call:
+        """A call written over several lines (a comma followed by a line break) gets each added argument on a line
+        of its own, indented as that continuation line: the layout upstream's calls have."""
+        args = list(call.args)
+        breaks = [a.comma.whitespace_after for a in args[:before]
+                  if isinstance(a.comma, cst.Comma) and isinstance(a.comma.whitespace_after, cst.ParenthesizedWhitespace)]
+        if not breaks or len(args) == before:
+            return call
+        for i in range(before - 1, len(args) - 1):  # the commas in front of the added arguments
+            comma = args[i].comma if isinstance(args[i].comma, cst.Comma) else cst.Comma()
+            args[i] = args[i].with_changes(comma=comma.with_changes(whitespace_after=breaks[-1].deep_clone()))
+        return call.with_changes(args=args)
 
 
 class AddArgparseFlag(AddArgparseArgument):
