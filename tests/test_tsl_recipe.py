@@ -323,3 +323,41 @@ def test_list_shows_the_time_series_library_column(capsys):
     row = next(line.split() for line in out.splitlines() if line.split()[:1] == ["wcmha"])
     assert row[column] == "yes"
     assert "layers/SelfAttention_Family.py defining class FullAttention, AttentionLayer, TwoStageAttentionLayer" in out
+
+
+# --- the recipe's own codemods -----------------------------------------------------------------------------------
+
+
+def test_set_attention_keywords_skips_cross_attention_by_keyword_and_keeps_the_layout():
+    from tsattn.injector.codemods import Code
+    from tsattn.injector.recipe import Edit
+    from tsattn.injector.recipes.time_series_library_wcmha import SetAttentionKeywords
+
+    source = (
+        "class Model:\n"
+        "    def __init__(self, configs):\n"
+        "        self.layer = DecoderLayer(self_attention=AttentionLayer(FullAttention(True,\n"
+        "                                                                              factor=1)),\n"
+        "                                  cross_attention=AttentionLayer(FullAttention(False)))\n"
+        "        self.other = FullAttention(False)\n"
+    )
+
+    def run(text, value):
+        edit = Edit("m.py", SetAttentionKeywords, callee="FullAttention", scope="Model.__init__",
+                    keywords={"a": Code("getattr(configs, 'a', None)"), "b": value},
+                    skip=(("DecoderLayer", 1, "cross_attention"),))
+        return engine.apply_edits("m.py", text.encode(), [edit]).decode()
+
+    once = run(source, 1)
+    assert once == (  # the file has no string literal: the new ones take double quotes
+        "class Model:\n"
+        "    def __init__(self, configs):\n"
+        "        self.layer = DecoderLayer(self_attention=AttentionLayer(FullAttention(True,\n"
+        "                                                                              factor=1,\n"
+        "                                                                              a=getattr(configs, \"a\", None),\n"
+        "                                                                              b=1)),\n"
+        "                                  cross_attention=AttentionLayer(FullAttention(False)))\n"
+        "        self.other = FullAttention(False, a=getattr(configs, \"a\", None), b=1)\n"
+    )
+    assert run(once, 1) == once  # idempotent
+    assert run(once, 2) == once.replace("b=1", "b=2")  # a new value is updated in place
