@@ -72,6 +72,14 @@ register_kind(TargetKind(
 ))
 
 register_kind(TargetKind(
+    "patchtst", "yuqinie98/PatchTST: patch time-series transformer (the PatchTST_supervised tree)",
+    (Fingerprint("PatchTST_supervised/models/PatchTST.py", ("Model",)),
+     Fingerprint("PatchTST_supervised/layers/PatchTST_backbone.py",
+                 ("PatchTST_backbone", "TSTiEncoder", "_ScaledDotProductAttention")),
+     Fingerprint("PatchTST_supervised/run_longExp.py")),
+))
+
+register_kind(TargetKind(
     "time_series_library", "thuml/Time-Series-Library: one run.py, one data pipeline, dozens of forecasting models",
     (Fingerprint("layers/SelfAttention_Family.py", ("FullAttention", "AttentionLayer", "TwoStageAttentionLayer")),
      Fingerprint("models/iTransformer.py", ("Model",)), Fingerprint("exp/exp_basic.py", ("Exp_Basic",)),

@@ -24,7 +24,8 @@ With ``train_attn_decay`` (``powerlaw`` and ``simpowerlaw`` only) the exponent i
 itself), ``s`` for simpowerlaw. Without it the module has no state at all, so checkpoints of the unpatched
 model load strictly. A mask that needs no gradient is built once per (q_len, k_len, device, dtype) and reused
 (for a trainable scale, also per value of the scale), so no L x L tensor is rebuilt per call when the shape is
-fixed; a mask whose scale is trained is rebuilt on each call that records gradients.
+fixed; a mask whose scale is trained is rebuilt on each call that records gradients, and computed from the
+parameter in a traced or exported graph (a fixed mask is a constant of the graph).
 
 Public API: ``DECAY_TYPES``, ``TRAINABLE_DECAY_TYPES``, ``normalize_decay_type``, ``check_decay_options``,
 ``decay_mask`` (functional) and ``PowerformerDecay`` (the module).
@@ -90,6 +91,18 @@ def check_decay_options(attn_decay_type: Optional[str], attn_decay_scale: float 
         raise ValueError(f"train_attn_decay needs attn_decay_type in {', '.join(TRAINABLE_DECAY_TYPES)} (the types "
                          f"with a trainable exponent); got attn_decay_type={kind!r}")
     return kind, scale
+
+
+def _tracing() -> bool:
+    """True under torch.jit tracing/scripting and torch.export / torch.compile."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return True
+    compiler = getattr(torch, "compiler", None)
+    for name in ("is_exporting", "is_compiling"):
+        check = getattr(compiler, name, None)
+        if check is not None and check():
+            return True
+    return False
 
 
 def _times(q_len: int, k_len: int, device, dtype: torch.dtype) -> Tensor:
@@ -175,22 +188,22 @@ class PowerformerDecay(nn.Module):
     def forward(self, q_len: int, k_len: int, device=None, dtype: torch.dtype = torch.float32) -> Optional[Tensor]:
         if not self.is_active:
             return None
-        if not self.train_attn_decay:
-            scale = self.scale_value
-            key = (int(q_len), int(k_len), torch.device(device or "cpu"), dtype)
-        elif torch.is_grad_enabled() and self.scale.requires_grad:
-            return decay_mask(self.decay_type, self.scale, q_len, k_len, device, dtype)
-        else:
-            scale = self.scale.detach()
-            key = (int(q_len), int(k_len), torch.device(device or "cpu"), dtype,
-                   self.scale._version, self.scale.data_ptr())
+        scale = self.scale if self.train_attn_decay else self.scale_value
+        if self.train_attn_decay and (_tracing() or (torch.is_grad_enabled() and self.scale.requires_grad)):
+            # gradients flow to the scale; a traced or exported graph computes the mask from the parameter
+            return decay_mask(self.decay_type, scale, q_len, k_len, device, dtype)
+        key = (int(q_len), int(k_len), torch.device(device or "cpu"), dtype)
+        if self.train_attn_decay:
+            key += (self.scale._version,)  # an optimizer step changes the scale in place
         mask = self._cache.get(key)
         if mask is None:
-            if len(self._cache) >= _CACHE_SIZE:
-                self._cache.clear()
             with torch.no_grad():
-                mask = decay_mask(self.decay_type, scale, q_len, k_len, device, dtype)
-            self._cache[key] = mask
+                mask = decay_mask(self.decay_type, scale.detach() if self.train_attn_decay else scale, q_len, k_len,
+                                  device, dtype)
+            if not _tracing():  # a tensor made while tracing (a FakeTensor under torch.export) is not kept
+                if len(self._cache) >= _CACHE_SIZE:
+                    self._cache.clear()
+                self._cache[key] = mask
         return mask
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
