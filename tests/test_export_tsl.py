@@ -5,6 +5,7 @@ checkpoint path), with the decay, and shown to differ from the same weights with
 from __future__ import annotations
 
 import hashlib
+import json
 import types
 
 import numpy as np
@@ -66,8 +67,7 @@ def test_checkpoint_export_matches_the_users_model_and_the_decay_is_in_the_graph
     path = tmp_path / "checkpoint.pth"
     torch.save(decayed.state_dict(), path)
     out = tmp_path / "export"
-    sets = [a for k, v in {**RUN, "model": name, "attn_decay_type": "powerLaw", "attn_decay_scale": 0.8}.items()
-            for a in ("--set", f"{k}={v}" if not isinstance(v, str) else f'{k}="{v}"')]
+    sets = ["--config", json.dumps({**RUN, "model": name, "attn_decay_type": "powerLaw", "attn_decay_scale": 0.8})]
     rc, _, err = _run(["--target", repos.patched, "--feature", "wcmha", "--out", out, "--checkpoint", path,
                        "--exporter", "dynamo" if name == "PatchTST" else "legacy", *sets], capsys)
     assert rc == 0, err
@@ -125,3 +125,37 @@ def test_bad_options_exit_2_naming_the_option(repos, tmp_path, capsys, argv, mes
 def test_an_unpatched_clone_is_refused(repos, tmp_path, capsys):
     rc, _, err = _run(["--target", repos.base, "--feature", "wcmha", "--out", tmp_path / "o"], capsys)
     assert rc == 2 and "layers/PowerformerDecay.py missing" in err and "tsattn-inject" in err
+
+
+def test_a_trained_decay_scale_from_the_checkpoint_is_the_graphs(repos, tmp_path, capsys):
+    import onnxruntime as ort
+
+    name = "iTransformer"
+    with imports_from(repos.patched) as load:
+        module = load(f"models.{name}")
+        torch.manual_seed(12)
+        model = module.Model(configs(name, attn_decay_type="powerlaw", attn_decay_scale=0.5,
+                                     train_attn_decay=True)).eval()
+    scales = [k for k in model.state_dict() if k.endswith("attn_decay.scale")]
+    assert len(scales) == 2
+    with torch.no_grad():  # as if trained: each layer's exponent moved away from the initial -0.5
+        for i, key in enumerate(scales):
+            model.state_dict()[key].fill_(-1.5 - i)
+    path = tmp_path / "checkpoint.pth"
+    torch.save(model.state_dict(), path)
+    sets = ["--config", json.dumps({**RUN, "model": name, "attn_decay_type": "powerlaw", "attn_decay_scale": 0.5,
+                                    "train_attn_decay": True})]
+    out = tmp_path / "export"
+    rc, _, err = _run(["--target", repos.patched, "--feature", "wcmha", "--out", out, "--checkpoint", path,
+                       "--exporter", "legacy", *sets], capsys)
+    assert rc == 0, err
+    m = load_manifest(out)
+    g = torch.Generator().manual_seed(5)
+    x, x_mark = torch.randn(3, 24, 3, generator=g), torch.randn(3, 24, 4, generator=g)
+    session = ort.InferenceSession(str(m.graph_file("model")), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"x": x.numpy(), "x_mark": x_mark.numpy()})
+    np.testing.assert_allclose(got, forecast(model, name, x, x_mark).numpy(), atol=1e-4, rtol=0)
+    with torch.no_grad():
+        for key in scales:
+            model.state_dict()[key].fill_(-0.5)
+    assert np.abs(got - forecast(model, name, x, x_mark).numpy()).max() > 1e-3  # the initial scale would differ
