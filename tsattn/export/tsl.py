@@ -35,7 +35,7 @@ import dataclasses
 import math
 import types
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 from torch import nn

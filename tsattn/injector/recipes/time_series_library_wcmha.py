@@ -35,9 +35,10 @@ import libcst.matchers as m
 from libcst.codemod import CodemodContext
 from libcst.helpers import get_full_name_for_node
 
-from tsattn.injector.codemods import (AddArgparseArgument, AddImport, Code, InsertStatements, NO_VALUE,
-                                      ReplaceExpression, SetKeyword, SetParameterDefault, literal)
+from tsattn.injector.codemods import (AddArgparseArgument, AddImport, Code, InsertStatements,
+                                      ReplaceExpression, SetKeyword, SetParameterDefault)
 from tsattn.injector.recipe import Edit, Recipe, register
+from tsattn.injector.recipes.patchtst_wcmha import AddArgparseAction  # one flag codemod for both recipes
 from tsattn.injector.templates import MODULES, Template, template_constant
 
 KIND = "time_series_library"
@@ -140,25 +141,6 @@ class SetAttentionKeywords(SetKeyword):
         return call.with_changes(args=args)
 
 
-class AddArgparseFlag(AddArgparseArgument):
-    """``AddArgparseArgument`` with an ``action`` keyword (``action="store_true"``: a flag), written after the
-    flag's name; ``type`` and ``choices`` are left out as argparse's store actions refuse them."""
-
-    DESCRIPTION = "Add an argparse flag (an action argument) next to an anchor argument, or update it."
-
-    def __init__(self, context: CodemodContext, flag: str, after: str, action: str, default: Any = NO_VALUE,
-                 help: Optional[str] = None) -> None:
-        super().__init__(context, flag, after, default=default, help=help)
-        self.action = action
-
-    def _call(self, func: cst.BaseExpression) -> cst.Call:
-        call = super()._call(func)
-        action = cst.Arg(value=literal(self.action, self.quote), keyword=cst.Name("action"),
-                         equal=cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""),
-                                               whitespace_after=cst.SimpleWhitespace("")))
-        return call.with_changes(args=[call.args[0], action, *call.args[1:]])
-
-
 def _getattr(name: str, default: Any) -> Code:
     return Code(f"getattr(configs, {name!r}, {default!r})")
 
@@ -182,7 +164,7 @@ def edits(options: Mapping[str, Any]) -> List[Edit]:
                   f"{', '.join(DECAY_TYPES)} (default None = none: the original attention; any other is causal)"),
         Edit("run.py", AddArgparseArgument, flag="--attn_decay_scale", after="--attn_decay_type", type="float",
              default=0.0, help="Powerformer decay scale (powerlaw: -|scale| * log(dt + 1); step: the width)"),
-        Edit("run.py", AddArgparseFlag, flag="--train_attn_decay", after="--attn_decay_scale", action="store_true",
+        Edit("run.py", AddArgparseAction, flag="--train_attn_decay", after="--attn_decay_scale", action="store_true",
              default=False, help="train the decay's exponent (powerlaw, simpowerlaw): one scalar per attention"),
     ]
     return out
