@@ -313,7 +313,7 @@ def test_list_and_help(capsys):
     assert run_cli("--list") == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0].split()[:4] == ["feature", "calf", "hephaestus", "wave_transformer"]  # then later kinds (patchtst)
+    assert lines[0].split()[:4] == ["feature", "calf", "hephaestus", "wave_transformer"]  # then later kinds
     assert lines[0].index("calf") == next(line for line in lines if line.startswith("wcmha ")).index("yes")
     assert "calf/wcmha" in out and "--decay {powerlaw,simpowerlaw,butterworth,step,none}" in out
     with pytest.raises(SystemExit):

@@ -475,7 +475,7 @@ def test_head_variant_runs_once_its_memory_imports_are_removed(tmp_path):
 def test_list_and_option_errors(wave, capsys):
     assert cli.main(["--list"]) == 0
     out = capsys.readouterr().out
-    column = out.splitlines()[0].split().index("wave_transformer")  # kinds added later (patchtst) follow it
+    column = out.splitlines()[0].split().index("wave_transformer")  # later kinds add columns after it
     for feature in FEATURES:
         line = next(l for l in out.splitlines() if l.split()[:1] == [feature])
         assert line.split()[column] == "yes", line

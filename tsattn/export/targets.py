@@ -224,9 +224,11 @@ TARGETS: Dict[str, TargetEntry] = {
     "wave_transformer": TargetEntry("wave_transformer", _detects("wave_transformer"),
                                     _lazy("tsattn.export.wave", "build_wave_export")),
     "patchtst": TargetEntry("patchtst", _detects("patchtst"), _lazy("tsattn.export.patchtst", "build_patchtst_export")),
+    "time_series_library": TargetEntry("time_series_library", _detects("time_series_library"),
+                                       _lazy("tsattn.export.tsl", "build_tsl_export")),
 }
 
-PLANNED = ("calf", "hephaestus", "wave_transformer", "patchtst")  # every injector kind; --list names those without a spec
+PLANNED = ("calf", "hephaestus", "wave_transformer", "patchtst", "time_series_library")  # every injector kind; --list names those without a spec
 
 
 def find_target(repo: Path, feature: str) -> TargetEntry:

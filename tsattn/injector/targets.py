@@ -79,6 +79,13 @@ register_kind(TargetKind(
      Fingerprint("PatchTST_supervised/run_longExp.py")),
 ))
 
+register_kind(TargetKind(
+    "time_series_library", "thuml/Time-Series-Library: one run.py, one data pipeline, dozens of forecasting models",
+    (Fingerprint("layers/SelfAttention_Family.py", ("FullAttention", "AttentionLayer", "TwoStageAttentionLayer")),
+     Fingerprint("models/iTransformer.py", ("Model",)), Fingerprint("exp/exp_basic.py", ("Exp_Basic",)),
+     Fingerprint("run.py")),
+))
+
 
 def describe_fingerprints() -> List[str]:
     return [f"{k.name}: " + "; ".join(str(f) for f in k.fingerprints) for k in KINDS.values()]
