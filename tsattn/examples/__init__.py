@@ -108,7 +108,9 @@ def imports_from(*roots: Path) -> Iterator[Callable[[str], Any]]:
         if top in owned:
             return
         owned.add(top)
-        for k in [k for k in sys.modules if k == top or k.startswith(top + ".")]:
+        # only what was there before the block is shadowed (and comes back); a package that an earlier load of
+        # the block imported (models.X importing layers.Y, then load("layers.Z")) is the block's own and stays
+        for k in [k for k in sys.modules if (k == top or k.startswith(top + ".")) and k in before]:
             shadowed[k] = sys.modules.pop(k)
 
     def load(name: str) -> Any:
