@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 
 from tsattn.examples import imports_from
+
+
 def test_a_package_imported_by_an_earlier_load_is_not_restored_after_the_block(tmp_path):
     (tmp_path / "models").mkdir(); (tmp_path / "layers").mkdir()
     (tmp_path / "models" / "__init__.py").write_text("")
