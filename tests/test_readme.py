@@ -55,6 +55,11 @@ def blocks(text: str) -> List[Block]:
             while i < len(lines) and not lines[i].startswith("```"):
                 body.append(lines[i])
                 i += 1
+            if i < len(lines) and lines[i].rstrip() != "```":
+                raise AssertionError(f"README.md line {i + 1}: {lines[i]!r} closes the block opened at line {start}; "
+                                     f"a closing fence is a bare ```")
+            if i == len(lines):
+                raise AssertionError(f"README.md: the block opened at line {start} is never closed")
             found.append(Block(start, m.group(1), "\n".join(body) + "\n"))
         i += 1
     return found
