@@ -181,8 +181,10 @@ def served(tmp_path_factory):
         yield addresses
 
 
-def run_block(block: Block, cwd: Path, pythonpath: List[Path]) -> None:
+def run_block(block: Block, cwd: Path, pythonpath: List[Path], tmp: Path) -> None:
+    """``python -c`` the block in ``cwd``; its temporary files (the examples' exports) go under ``tmp``."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1", MPLBACKEND="Agg",
+               TMPDIR=str(tmp),
                PYTHONPATH=os.pathsep.join([str(p) for p in pythonpath] + [os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-c", block.code], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=TIMEOUT_S)
@@ -191,7 +193,7 @@ def run_block(block: Block, cwd: Path, pythonpath: List[Path]) -> None:
 
 
 @pytest.mark.parametrize("block", PYTHON, ids=[f"line{b.line}" for b in PYTHON])
-def test_python_block_runs_as_written(block, request, tmp_path_factory):
+def test_python_block_runs_as_written(block, request, tmp_path, tmp_path_factory):
     need = needs_of(block)
     cwd, path = ROOT, [ROOT]
     if need is None:
@@ -214,7 +216,7 @@ def test_python_block_runs_as_written(block, request, tmp_path_factory):
         block = block._replace(code=code)
     else:
         pytest.fail(f"README line {block.line}: unknown need {need!r}")
-    run_block(block, cwd, path)
+    run_block(block, cwd, path, tmp_path)
 
 
 def test_the_readme_has_python_examples_and_runs_most_of_them_here():
