@@ -489,18 +489,3 @@ def test_kv_buffer_appends_in_place_and_slides():
             assert torch.equal(got_k, torch.cat(ks[max(0, t - 5):], 2))  # 5 kept + the new one
             buf.trim(5)
         assert buf.length == 5 and buf._k.shape[2] <= 64
-
-
-def test_readme_models_section_examples_run():
-    """The README's `tsattn.models` section: its python blocks run, in order, in one namespace."""
-    import pathlib
-    import re
-
-    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = text.split("## Seed 002's models (`tsattn.models`)", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert len(blocks) == 2
-    ns = {}
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), ns)
-    assert ns["y_next"].shape == (4, 1, 1) and ns["past"][0][0].shape == (4, 1, 12, 8)
