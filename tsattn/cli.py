@@ -23,8 +23,8 @@ from tsattn import __version__
 COMMANDS: Dict[str, Tuple[str, str]] = {
     "demo": ("tsattn.demo", "run the end-to-end demo on bundled look-alikes: inject, export, stream, analyse "
                             "(--out DIR keeps what it makes)"),
-    "inject": ("tsattn.injector.cli", "edit a clone of a research repository (CALF, Hephaestus, Wave-Transformer) "
-                                      "to use modern attention, write its patch, revert it (= tsattn-inject)"),
+    "inject": ("tsattn.injector.cli", "edit a clone of a research repository (CALF, Hephaestus, Wave-Transformer, "
+                                      "PatchTST, Time-Series-Library) to use modern attention, write its patch, revert it (= tsattn-inject)"),
     "export": ("tsattn.export.cli", "export a bundled model or a patched target to ONNX and TorchScript, with "
                                     "parity checks and a manifest (= tsattn-export)"),
     "serve": ("tsattn.runtime.cli", "serve an export over HTTP with ONNX Runtime: streaming forecasts with a "
