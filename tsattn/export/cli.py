@@ -195,10 +195,11 @@ def _listing() -> str:
     from tsattn.export.models import MODELS
     from tsattn.export.targets import PLANNED, TARGETS
 
+    width = max(map(len, [*MODELS, *TARGETS]))  # one column for both lists, as wide as the longest name
     lines = ["models:"]
-    lines += [f"  {name:16s} {entry.description}" for name, entry in sorted(MODELS.items())]
+    lines += [f"  {name:{width}s} {entry.description}" for name, entry in sorted(MODELS.items())]
     lines.append("targets:")
-    lines += [f"  {kind:16s} features: {', '.join(e.features)}" for kind, e in sorted(TARGETS.items())]
+    lines += [f"  {kind:{width}s} features: {', '.join(e.features)}" for kind, e in sorted(TARGETS.items())]
     missing = [k for k in PLANNED if k not in TARGETS]
     if missing:
         lines.append(f"  (no export spec yet for: {', '.join(missing)})")
