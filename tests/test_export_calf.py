@@ -179,6 +179,24 @@ def test_fixed_channels_and_the_text_branch(repos, tmp_path, capsys):
     assert {r["sizes"]["batch"] for r in raw["parity"]} >= {1, 2}
 
 
+def test_the_text_branch_reads_the_users_word_embedding_file(repos, tmp_path, capsys):
+    import hashlib
+    import re
+
+    base = ["--target", repos.patched, "--feature", "wcmha", *FAST, "--set", "text_branch=true"]
+    wrong = tmp_path / "wrong.pt"
+    torch.save(torch.randn(3, 7), wrong)
+    rc, _, err = _run(base + ["--out", tmp_path / "bad", "--set", f"word_embedding_path={wrong}"], capsys)
+    assert rc == 2 and f"word_embedding_path {wrong}: shape (3, 7)" in err and not (tmp_path / "bad").exists()
+    width = int(re.search(r"d_model=(\d+)", err).group(1))
+    words = tmp_path / "words.pt"
+    torch.save(torch.randn(width, 7), words)
+    rc, stdout, err = _run(base + ["--out", tmp_path / "ok", "--set", f"word_embedding_path={words}", "--json"],
+                           capsys)
+    assert rc == 0, err
+    assert hashlib.sha256(words.read_bytes()).hexdigest() in stdout  # the manifest names the file it read
+
+
 def test_dynamo_export_keeps_batch_and_channels_symbolic(repos, tmp_path, capsys):
     """The default exporter (the one export with it here: ~10-30 s)."""
     import onnx

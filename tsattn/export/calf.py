@@ -57,11 +57,12 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
+from tsattn.export.checkpoint import load_checkpoint
 from tsattn.export.exporter import _quiet as quiet
-from tsattn.export.manifest import TensorSpec
+from tsattn.export.manifest import TensorSpec, sha256_file
 from tsattn.export.spec import Exportable, ExportSpec, distinct_sizes
 from tsattn.export.task import StepTensor, Task
-from tsattn.export.target_base import TargetExport
+from tsattn.export.target_base import TargetExport, check_option_names
 from tsattn.export.targets import TargetError, target_code
 
 KIND = "calf"
@@ -119,16 +120,7 @@ class CALFExportConfig:
     @classmethod
     def from_options(cls, options: Mapping[str, Any], with_checkpoint: bool) -> "CALFExportConfig":
         """Validate ``options`` (unknown keys, types, ranges); ``TargetError`` naming the key."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise TargetError(f"unknown CALF export option(s) {unknown}; known: {', '.join(sorted(names))}")
-        if with_checkpoint:
-            missing = [k for k in CHECKPOINT_KEYS if k not in options]
-            if missing:
-                raise TargetError(
-                    f"--checkpoint: CALF checkpoints hold no config; give the run's {', '.join(missing)} "
-                    f"(e.g. --set {missing[0]}=...; needed: {', '.join(CHECKPOINT_KEYS)})")
+        check_option_names(cls, options, "CALF", with_checkpoint, CHECKPOINT_KEYS)
         config = cls(**dict(options))
         if config.gpt2 is None:
             config.gpt2 = "gpt2" if with_checkpoint else "tiny"

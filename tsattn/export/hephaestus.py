@@ -71,7 +71,7 @@ from tsattn.export.exporter import _quiet as quiet
 from tsattn.export.manifest import CacheSpec, TensorSpec
 from tsattn.export.spec import Exportable, ExportSpec, FlatCache, StepwiseCheck, distinct_sizes, step_tensors
 from tsattn.export.task import Task
-from tsattn.export.target_base import TargetExport
+from tsattn.export.target_base import TargetExport, check_option_names
 from tsattn.export.targets import TargetError, target_code
 
 KIND = "hephaestus"
@@ -110,16 +110,7 @@ class HephaestusExportConfig:
     @classmethod
     def from_options(cls, options: Mapping[str, Any], feature: str, with_checkpoint: bool) -> "HephaestusExportConfig":
         """Validate ``options`` (unknown keys, types, ranges); ``TargetError`` naming the key."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise TargetError(f"unknown Hephaestus export option(s) {unknown}; known: {', '.join(sorted(names))}")
-        if with_checkpoint:
-            missing = [k for k in CHECKPOINT_KEYS if k not in options]
-            if missing:
-                raise TargetError(f"--checkpoint: Hephaestus checkpoints hold no config; give the run's "
-                                  f"{', '.join(missing)} (needed: {', '.join(CHECKPOINT_KEYS)}), e.g. --set "
-                                  f"{missing[0]}=...")
+        check_option_names(cls, options, "Hephaestus", with_checkpoint, CHECKPOINT_KEYS)
         config = cls(**dict(options))
         if config.attention_type is None:
             config.attention_type = "standard" if feature == "efficient" else feature

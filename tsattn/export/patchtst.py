@@ -41,7 +41,7 @@ from torch import nn
 from tsattn.export.exporter import _quiet as quiet
 from tsattn.export.manifest import TensorSpec
 from tsattn.export.spec import Exportable, ExportSpec, distinct_sizes
-from tsattn.export.target_base import TargetExport
+from tsattn.export.target_base import TargetExport, check_option_names
 from tsattn.export.targets import TargetError, target_code
 
 KIND = "patchtst"
@@ -91,16 +91,7 @@ class PatchTSTExportConfig:
     @classmethod
     def from_options(cls, options: Mapping[str, Any], with_checkpoint: bool) -> "PatchTSTExportConfig":
         """Validate ``options`` (unknown keys, types, ranges); ``TargetError`` naming the key."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise TargetError(f"unknown PatchTST export option(s) {unknown}; known: {', '.join(sorted(names))}")
-        if with_checkpoint:
-            missing = [k for k in CHECKPOINT_KEYS if k not in options]
-            if missing:
-                raise TargetError(
-                    f"--checkpoint: PatchTST checkpoints hold no config; give the run's {', '.join(missing)} "
-                    f"(e.g. --set {missing[0]}=...; needed: {', '.join(CHECKPOINT_KEYS)})")
+        check_option_names(cls, options, "PatchTST", with_checkpoint, CHECKPOINT_KEYS)
         config = cls(**dict(options))
         for name in ("enc_in", "seq_len", "pred_len", "e_layers", "n_heads", "d_model", "d_ff", "patch_len", "stride",
                      "kernel_size"):

@@ -25,14 +25,31 @@ checkpoint, seed) -> Exportable``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+import dataclasses
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 from torch import Tensor
 
 from tsattn.export.checkpoint import load_checkpoint, load_weights, split_checkpoint
 from tsattn.export.manifest import sha256_file
 from tsattn.export.spec import Exportable
-from tsattn.export.targets import PatchedTarget, open_patched, recipe_features  # noqa: F401 (re-exported)
+from tsattn.export.targets import PatchedTarget, TargetError, open_patched, recipe_features  # noqa: F401 (re-exported)
+
+
+def check_option_names(config: type, options: Mapping[str, Any], target: str, with_checkpoint: bool = False,
+                       checkpoint_keys: Sequence[str] = (), also: str = "") -> None:
+    """What every target config's ``from_options`` checks first: ``options`` names only fields of the dataclass
+    ``config`` (else ``TargetError`` naming the unknown keys and the known ones) and, ``with_checkpoint`` (a
+    target's checkpoints are bare state dicts, they hold no config), gives every one of the run's
+    ``checkpoint_keys`` (``also``: what else the message asks for)."""
+    names = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise TargetError(f"unknown {target} export option(s) {unknown}; known: {', '.join(sorted(names))}")
+    missing = [k for k in checkpoint_keys if k not in options] if with_checkpoint else []
+    if missing:
+        raise TargetError(f"--checkpoint: {target} checkpoints hold no config; give the run's {', '.join(missing)} "
+                          f"(e.g. --set {missing[0]}=...; needed: {', '.join(checkpoint_keys)}){also}")
 
 
 class TargetExport:

@@ -44,7 +44,7 @@ from tsattn.export.exporter import _quiet as quiet
 from tsattn.export.manifest import TensorSpec
 from tsattn.export.spec import Exportable, ExportSpec, distinct_sizes
 from tsattn.export.task import StepTensor, Task
-from tsattn.export.target_base import TargetExport
+from tsattn.export.target_base import TargetExport, check_option_names
 from tsattn.export.targets import TargetError, target_code
 
 KIND = "time_series_library"
@@ -92,17 +92,8 @@ class TSLExportConfig:
     @classmethod
     def from_options(cls, options: Mapping[str, Any], with_checkpoint: bool) -> "TSLExportConfig":
         """Validate ``options`` (unknown keys, types, ranges); ``TargetError`` naming the key."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise TargetError(f"unknown Time-Series-Library export option(s) {unknown}; known: "
-                              f"{', '.join(sorted(names))}")
-        if with_checkpoint:
-            missing = [k for k in CHECKPOINT_KEYS if k not in options]
-            if missing:
-                raise TargetError(f"--checkpoint: Time-Series-Library checkpoints hold no config; give the run's "
-                                  f"{', '.join(missing)} (e.g. --set {missing[0]}=...; needed: "
-                                  f"{', '.join(CHECKPOINT_KEYS)}) and its --attn_decay_type/--attn_decay_scale")
+        check_option_names(cls, options, "Time-Series-Library", with_checkpoint, CHECKPOINT_KEYS,
+                           also=" and its --attn_decay_type/--attn_decay_scale")
         config = cls(**dict(options))
         if config.model not in MODELS:
             raise TargetError(f"Time-Series-Library option model: {config.model!r} is not one of "
