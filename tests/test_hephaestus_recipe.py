@@ -38,12 +38,7 @@ KWARGS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: see tests/test_wave_transformer_recipe.py
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py: tiny models
 
 
 def commit_all(root: Path, message: str = "commit") -> None:

@@ -33,12 +33,7 @@ SUB = "PatchTST_supervised"
 SEQ, PRED, CH = 40, 8, 3  # patch_len 8, stride 4, padding 'end': 10 patches
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def load(root: Path) -> types.SimpleNamespace:

@@ -32,12 +32,7 @@ DECAYS = [("causal", 0.0, ("none", 1)), ("step", 2.0, ("step", 1)), ("butter1", 
           ("simpowerlaw", 0.5, ("simpowerlaw", 1))]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def configs(**kw):

@@ -65,14 +65,7 @@ def differs(a, b, at_least=1e-4) -> bool:
     return (a - b).abs().max().item() > at_least
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The models here are tiny: one thread computes them in milliseconds, where two threads on a busy machine
-    spend about a second per forward waiting for each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py: tiny models
 
 
 @pytest.fixture(scope="module")
