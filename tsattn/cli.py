@@ -36,7 +36,8 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
 
 def _epilog() -> str:
     width = max(len(name) for name in COMMANDS) + 2
-    rows = "\n".join(textwrap.fill(what, 100, initial_indent=f"  {name:<{width}}", subsequent_indent=" " * (width + 2))
+    rows = "\n".join(textwrap.fill(what, 100, initial_indent=f"  {name:<{width}}", subsequent_indent=" " * (width + 2),
+                                   break_on_hyphens=False)  # never "tsattn-" / "inject" across two lines
                      for name, (_, what) in COMMANDS.items())
     return (f"commands:\n{rows}\n\nexamples:\n  tsattn demo --out demo-out\n  tsattn inject --list\n"
             f"  tsattn export --model reference --out /tmp/ref\n\n"
