@@ -1,4 +1,4 @@
-"""Checks shared by the recipe and export tests: work-tree snapshots, the third-party packages a repository
+"""Checks shared by the recipe and export tests: committing a look-alike's work tree, work-tree snapshots, the third-party packages a repository
 imports, and a manifest's file entries recomputed independently of tsattn."""
 
 from __future__ import annotations
@@ -10,6 +10,16 @@ import stat
 import sys
 from pathlib import Path
 from typing import Any, Dict, Iterable
+
+import git
+
+
+def commit_all(root: Path, message: str = "commit") -> None:
+    """Commit everything in the work tree of the git repository at ``root`` (a test's look-alike clone)."""
+    repo = git.Repo(root)
+    repo.git.add("-A")
+    actor = git.Actor("t", "t@example.invalid")
+    repo.index.commit(message, author=actor, committer=actor)
 
 
 def snapshot(root: Path) -> dict:

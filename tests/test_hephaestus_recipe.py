@@ -20,7 +20,7 @@ from tsattn.export.hephaestus import HephaestusExportConfig, time_series_config
 from tsattn.injector import cli, engine, transaction
 from tsattn.injector.recipes.hephaestus_efficient import ATTENTION_TYPES, EFFICIENT_TYPES, FEATURE_TYPES
 
-from repo_checks import snapshot, third_party_imports
+from repo_checks import commit_all, snapshot, third_party_imports
 
 LOOK = "hephaestus_lookalike"
 MODELS = "hephaestus/timeseries_models/models.py"
@@ -39,13 +39,6 @@ KWARGS = {
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py: tiny models
-
-
-def commit_all(root: Path, message: str = "commit") -> None:
-    repo = git.Repo(root)
-    repo.git.add("-A")
-    actor = git.Actor("t", "t@example.invalid")
-    repo.index.commit(message, author=actor, committer=actor)
 
 
 def load(root: Path) -> types.SimpleNamespace:

@@ -18,9 +18,9 @@ from tsattn.examples import lookalike_repo
 from tsattn.injector import engine, record, transaction
 from tsattn.injector.errors import WriteFailed
 
-from repo_checks import snapshot
+from repo_checks import commit_all, snapshot
 from test_injector_crash import fork_cli, state
-from test_injector_engine import calf, commit_all, run_cli  # noqa: F401 (calf: the fixture)
+from test_injector_engine import calf, run_cli  # noqa: F401 (calf: the fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD = ".git/tsattn/calf-wcmha.json"

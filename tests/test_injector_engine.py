@@ -17,7 +17,7 @@ from tsattn.injector import cli, engine, transaction
 from tsattn.injector.errors import AnchorNotFound, RefusedError, SourceSyntaxError, UsageError, WriteFailed
 from tsattn.injector.templates import MODULES
 
-from repo_checks import snapshot
+from repo_checks import commit_all, snapshot
 
 TOUCHED = ["models/GPT2_arch.py", "models/CALF.py", "run.py"]
 ADDED = ["models/PowerformerAttention.py", "models/PowerformerGPT2.py"]
@@ -28,13 +28,6 @@ TEMPLATE = Path(engine.__file__).parent / "recipes" / "calf_templates" / "Powerf
 def calf(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default patch path is under the current directory
     return lookalike_repo("calf_lookalike", tmp_path / "CALF")
-
-
-def commit_all(root: Path, message: str) -> None:
-    repo = git.Repo(root)
-    repo.git.add("-A")
-    actor = git.Actor("t", "t@example.invalid")
-    repo.index.commit(message, author=actor, committer=actor)
 
 
 def run_cli(*args: str) -> int:

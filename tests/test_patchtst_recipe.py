@@ -25,7 +25,7 @@ from tsattn.injector.recipes.patchtst_wcmha import BACKBONE, DECAY_MODULE, MODEL
 from tsattn.injector.targets import detect
 from tsattn.modules import powerformer_decay
 
-from repo_checks import snapshot, third_party_imports
+from repo_checks import commit_all, snapshot, third_party_imports
 from test_powerformer_decay import reference
 
 LOOK = "patchtst_lookalike"
@@ -307,9 +307,7 @@ def test_a_fault_mid_write_restores_every_file(look, monkeypatch):
 def test_a_missing_anchor_names_file_and_symbol_and_nothing_is_written(look, capsys):
     path = look / BACKBONE
     path.write_text(path.read_text().replace("        self.lsa = lsa\n", ""))
-    repo = git.Repo(look)
-    repo.git.add("-A")
-    repo.index.commit("no lsa", author=git.Actor("t", "t@x"), committer=git.Actor("t", "t@x"))
+    commit_all(look, "no lsa")
     before = snapshot(look)
     assert cli.main(["--target", str(look), "--feature", "wcmha"]) == 3
     err = capsys.readouterr().err

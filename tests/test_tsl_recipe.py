@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from reference import reference_attention, reference_bias
-from repo_checks import snapshot, third_party_imports
+from repo_checks import commit_all, snapshot, third_party_imports
 from tsattn.examples import imports_from, lookalike_repo
 from tsattn.injector import cli, engine, transaction
 from tsattn.injector.targets import detect
@@ -300,9 +300,7 @@ def test_a_missing_anchor_names_file_and_symbol_and_nothing_is_written(tsl, caps
     text = file.read_text()
     assert old in text
     file.write_text(text.replace(old, new))
-    repo = git.Repo(tsl)
-    repo.git.add("-A")
-    repo.index.commit("edit", author=git.Actor("t", "t@example.invalid"), committer=git.Actor("t", "t@example.invalid"))
+    commit_all(tsl, "edit")
     before = snapshot(tsl)
     assert cli.main(["--target", str(tsl), "--feature", "wcmha"]) == 3
     err = capsys.readouterr().err

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from reference import reference_bias
-from repo_checks import snapshot, third_party_imports
+from repo_checks import commit_all, snapshot, third_party_imports
 from tsattn.examples import import_from, lookalike_repo
 from tsattn.injector import cli, engine, transaction
 from tsattn.injector.templates import MODULES
@@ -25,13 +25,6 @@ LOOK, HEAD = "wave_transformer_lookalike", "wave_transformer_lookalike_head"
 FEATURES = ["ahs", "fcl", "pcca", "mrwp", "enhancements", "wcmha"]
 CORE = "src/wave_transformer/core"
 H, LAYERS, VOCAB = 8, 3, 40  # d_model = 24, 4 query heads of 6, 2 kv heads
-
-
-def commit_all(root: Path, message: str = "commit") -> None:
-    repo = git.Repo(root)
-    repo.git.add("-A")
-    actor = git.Actor("t", "t@example.invalid")
-    repo.index.commit(message, author=actor, committer=actor)
 
 
 def load(root: Path) -> types.SimpleNamespace:
